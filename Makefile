@@ -1,0 +1,46 @@
+# tickstream front door. Every target bootstraps .venv/ itself on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(wildcard protos/tickstream/v1/*.proto)
+
+.PHONY: run test lint protos check-protos bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Regenerate the checked-in Python code from protos/ (protobuf, gRPC and mypy stubs).
+protos: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
+	  --python_out=protos --mypy_out=protos --grpc_python_out=protos --mypy_grpc_out=protos \
+	  $(PROTO_FILES)
+
+# Fail when the checked-in generated code is not what protos/ generates.
+check-protos: $(STAMP)
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
+	  --python_out=$$tmp --mypy_out=$$tmp --grpc_python_out=$$tmp --mypy_grpc_out=$$tmp \
+	  $(PROTO_FILES) && \
+	for f in $$(cd $$tmp && find . -type f | sort); do \
+	  cmp -s "$$tmp/$$f" "protos/$$f" || { echo "check-protos: protos/$$f is out of step; run make protos"; exit 1; }; \
+	done; echo "check-protos: generated code in step with protos/"
+
+lint: $(STAMP) check-protos
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/buf lint
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+# Replay the bundled real data in a loop: feed on 127.0.0.1:50051, edge on 127.0.0.1:8000.
+run: $(STAMP)
+	$(PY) -m scripts.run_local
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,43 @@
+"""``python -m feed_service``: see ``--help``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from .config import FeedSettings
+from .server import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags and ``FEED_*`` variables, run the feed; 2 on a configuration error."""
+    try:
+        settings = FeedSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+    except (ValidationError, ValueError) as error:
+        print(f"feed_service: invalid configuration: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop ships with the project
+        pass
+    try:
+        asyncio.run(serve(settings))
+    except ValueError as error:
+        print(f"feed_service: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Feed configuration: one pydantic-settings class, flags mirrored by ``FEED_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def split_commas(value: Any) -> Any:
+    """Split ``"A,B"`` into ``["A", "B"]`` (flags and env vars); lists pass through unchanged."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class FeedSettings(BaseSettings):
+    """tickstream feed: numbers ticks from a source and streams them over gRPC.
+
+    Every flag has an environment variable with the ``FEED_`` prefix (``--port`` is ``FEED_PORT``;
+    list values are comma-separated there).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEED_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="python -m feed_service",
+    )
+
+    host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    source: Literal["synthetic", "replay"] = Field(
+        "synthetic", description="Where ticks come from."
+    )
+    replay_path: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Recorded Binance files or folders of them (repeatable; replay source).",
+    )
+    speed: float = Field(
+        1.0, ge=0, description="Replay pacing factor: 2 = twice as fast; 0 = as fast as possible."
+    )
+    loop: bool = Field(False, description="Replay again from the start when the data ends.")
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["AAPL", "MSFT", "BTCUSD"],
+        description="Symbols of the synthetic source, comma-separated.",
+    )
+    seed: int = Field(7, description="Seed of the synthetic source (same seed, same ticks).")
+    rate: float = Field(
+        50.0, gt=0, le=5_000_000, description="Synthetic ticks per second over all symbols."
+    )
+    history_size: int = Field(
+        200_000, ge=1, description="Ticks kept in memory for resume and replay from earliest."
+    )
+    heartbeat_interval: float = Field(
+        1.0, gt=0, le=60, description="Seconds of silence after which a stream gets a Heartbeat."
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics on this port (0 = a free one); unset = off.",
+    )
+    grace_period: float = Field(
+        5.0, ge=0, description="Seconds SIGTERM waits for streams to end before cancelling them."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("symbols", "replay_path", mode="before")
+    @classmethod
+    def _split_lists(cls, value: Any) -> Any:
+        return split_commas(value)

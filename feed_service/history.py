@@ -1,0 +1,69 @@
+"""A bounded history of ticks addressed by their contiguous feed-wide offset."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from tickstream.v1 import tick_pb2
+
+
+class TickHistory:
+    """Ring buffer of the newest ``capacity`` ticks; offsets are contiguous, starting at 1.
+
+    Lookup by offset is O(1): the tick with offset ``o`` sits in slot ``o % capacity``.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("history capacity must be at least 1")
+        self._capacity = capacity
+        self._slots: list[tick_pb2.Tick | None] = [None] * capacity
+        self._head = 0  # newest offset, 0 when empty
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def head_offset(self) -> int:
+        """The newest offset appended (0 when nothing has been)."""
+        return self._head
+
+    @property
+    def earliest_offset(self) -> int:
+        """The oldest offset still retained (0 when empty)."""
+        if self._head == 0:
+            return 0
+        return max(1, self._head - self._capacity + 1)
+
+    def __len__(self) -> int:
+        return min(self._head, self._capacity)
+
+    def append(self, tick: tick_pb2.Tick) -> None:
+        """Store ``tick``, evicting the oldest when full.
+
+        Raises ValueError unless ``tick.offset`` is exactly ``head_offset + 1``.
+        """
+        if tick.offset != self._head + 1:
+            raise ValueError(f"offset {tick.offset} does not follow head {self._head}")
+        self._slots[tick.offset % self._capacity] = tick
+        self._head = tick.offset
+
+    def covers_after(self, offset: int) -> bool:
+        """True when every tick after ``offset`` (up to the head) is still retained."""
+        if offset > self._head:
+            return False
+        return offset + 1 >= self.earliest_offset or offset == self._head
+
+    def after(self, offset: int, limit: int) -> Iterator[tick_pb2.Tick]:
+        """Yield up to ``limit`` retained ticks with offsets greater than ``offset``, in order.
+
+        Offsets older than the history are skipped: callers check :meth:`covers_after` first.
+        """
+        start = max(offset + 1, self.earliest_offset)
+        stop = min(self._head, start + limit - 1)
+        slots, capacity = self._slots, self._capacity
+        for position in range(start, stop + 1):
+            tick = slots[position % capacity]
+            assert tick is not None
+            yield tick

@@ -1,0 +1,127 @@
+"""Builds and runs the feed: gRPC server, health, reflection, metrics and the source task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from tickstream.v1 import feed_pb2, feed_pb2_grpc
+
+from .config import FeedSettings
+from .hub import TickHub
+from .metrics import FeedMetrics
+from .servicer import FeedServicer
+from .sources.base import TickSource
+from .sources.replay import ReplaySource
+from .sources.synthetic import SyntheticSource
+
+log = logging.getLogger(__name__)
+
+FEED_SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
+KEEPALIVE_OPTIONS = [
+    # Accept client keepalive pings every 10 s or more, also on streams with no data.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+
+def build_source(settings: FeedSettings) -> TickSource:
+    """The source named by ``settings.source``. Raises ValueError for replay with no path."""
+    if settings.source == "replay":
+        if not settings.replay_path:
+            raise ValueError("--source replay needs at least one --replay-path")
+        return ReplaySource(settings.replay_path, settings.speed, settings.loop)
+    return SyntheticSource(settings.symbols, settings.seed, settings.rate)
+
+
+class FeedServer:
+    """One feed process: ``start()`` binds and begins loading; ``stop()`` drains."""
+
+    def __init__(self, settings: FeedSettings, source: TickSource | None = None) -> None:
+        self.settings = settings
+        self.metrics = FeedMetrics()
+        self.hub = TickHub(settings.history_size)
+        self.source = source or build_source(settings)
+        self.servicer = FeedServicer(self.hub, self.metrics, settings.heartbeat_interval)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=KEEPALIVE_OPTIONS)
+        feed_pb2_grpc.add_FeedServiceServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (FEED_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._source_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind the port (logging the address) and start loading and publishing the source."""
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind {address}")
+        for service in ("", FEED_SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        host = self.settings.host
+        shown_host = f"[{host}]" if ":" in host else host
+        log.info(
+            "feed_service listening on %s:%d (epoch %s)", shown_host, self.port, self.hub.epoch
+        )
+        if self.settings.metrics_port is not None:
+            httpd, _ = start_http_server(
+                self.settings.metrics_port, addr=host, registry=self.metrics.registry
+            )
+            self.metrics_port = httpd.server_port
+            log.info("feed_service metrics on http://%s:%d/metrics", shown_host, self.metrics_port)
+        self._source_task = asyncio.create_task(self._run_source(), name="feed-source")
+
+    async def _run_source(self) -> None:
+        try:
+            infos = await self.source.load()
+        except Exception:
+            log.exception("feed source failed to load; the feed stays NOT_SERVING")
+            return
+        self.hub.add_symbols(infos)
+        self.hub.ready = True
+        for service in ("", FEED_SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("feed source ready: %d symbols, health SERVING", len(infos))
+        metrics = self.metrics
+        async for batch in self.source.batches():
+            head = self.hub.publish(batch)
+            metrics.ticks_published.inc(len(batch))
+            metrics.head_offset.set(head)
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING, end every stream with UNAVAILABLE, stop within the grace period."""
+        log.info("feed_service draining (grace %.1fs)", self.settings.grace_period)
+        await self.health.enter_graceful_shutdown()
+        self.servicer.closing = True
+        self.hub.wake_waiters()
+        if self._source_task is not None:
+            self._source_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._source_task
+        await self.server.stop(self.settings.grace_period)
+        log.info("feed_service stopped")
+
+
+async def serve(settings: FeedSettings) -> None:
+    """Run a feed until SIGTERM or SIGINT, then drain."""
+    feed = FeedServer(settings)
+    await feed.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await feed.stop()

@@ -1,0 +1,210 @@
+"""``tickstream.v1.FeedService``: Subscribe and ListSymbols over the hub."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
+
+from .errors import FeedError, InvalidRequest, NotReady, UnknownSymbol
+from .hub import TickHub, tick_type_of
+from .metrics import FeedMetrics
+from .symbols import SYMBOL_PATTERN, is_valid_symbol
+
+ALL_TYPES = frozenset({tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE})
+MAX_SYMBOLS = 1_000
+BATCH_LIMIT = 500
+SCAN_LIMIT = 20_000
+
+_STATUS = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownSymbol: grpc.StatusCode.NOT_FOUND,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _shown(text: str) -> str:
+    """A bounded, quoted rendering of client input for error messages."""
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionPlan:
+    """A validated Subscribe request."""
+
+    symbols: frozenset[str]
+    types: frozenset[int]
+    start: str  # "live", "after" or "earliest"
+    after: feed_pb2.StreamPosition | None
+    snapshot: bool
+    progress_updates: bool
+
+
+def plan_subscription(request: feed_pb2.SubscribeRequest, hub: TickHub) -> SubscriptionPlan:
+    """Validate ``request`` against the hub's symbols.
+
+    Raises InvalidRequest (empty or malformed fields), UnknownSymbol (names every unknown
+    symbol) or NotReady (the source is still loading).
+    """
+    if not hub.ready:
+        raise NotReady("the feed is still loading its source; retry shortly")
+    if not request.symbols:
+        raise InvalidRequest("symbols is empty: name at least one symbol")
+    symbols = frozenset(request.symbols)
+    if len(symbols) > MAX_SYMBOLS:
+        raise InvalidRequest(f"too many symbols: {len(symbols)} > {MAX_SYMBOLS}")
+    malformed = sorted(s for s in symbols if not is_valid_symbol(s))
+    if malformed:
+        raise InvalidRequest(
+            f"malformed symbol {_shown(malformed[0])}: expected {SYMBOL_PATTERN.pattern}"
+        )
+    unknown = sorted(s for s in symbols if not hub.knows(s))
+    if unknown:
+        raise UnknownSymbol(f"unknown symbol: {', '.join(unknown[:10])}")
+    types = frozenset(request.types) or ALL_TYPES
+    if not types <= ALL_TYPES:
+        raise InvalidRequest("types holds an unknown or unspecified TickType")
+    start = request.WhichOneof("start") or "live"
+    after = request.after if start == "after" else None
+    if after is not None and not after.epoch:
+        raise InvalidRequest("after.epoch is empty: resume needs the epoch the offset came from")
+    return SubscriptionPlan(
+        symbols=symbols,
+        types=types,
+        start=start,
+        after=after,
+        snapshot=request.snapshot,
+        progress_updates=request.progress_updates,
+    )
+
+
+class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
+    """Streams the hub's ticks to each subscriber from its own cursor into the history.
+
+    Every stream starts with a Heartbeat (epoch, head). A subscriber that falls out of the
+    history gets a Reset(SLOW_CONSUMER) and continues from the head; a quiet stream gets a
+    Heartbeat after ``heartbeat_interval`` seconds of silence. On shutdown streams end with
+    UNAVAILABLE.
+    """
+
+    def __init__(self, hub: TickHub, metrics: FeedMetrics, heartbeat_interval: float) -> None:
+        self._hub = hub
+        self._metrics = metrics
+        self._heartbeat_interval = heartbeat_interval
+        self.closing = False
+
+    async def Subscribe(
+        self, request: feed_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[feed_pb2.SubscribeResponse]:
+        try:
+            plan = plan_subscription(request, self._hub)
+        except FeedError as error:
+            code = _STATUS[type(error)]
+            self._metrics.rejected_requests.labels(code.name).inc()
+            await context.abort(code, str(error))
+        self._metrics.subscribe_requests.inc()
+        self._metrics.active_subscriptions.inc()
+        try:
+            async for response in self._stream(plan):
+                yield response
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "feed is shutting down; reconnect")
+        finally:
+            self._metrics.active_subscriptions.dec()
+
+    def _reset(self, reason: int, message: str) -> feed_pb2.SubscribeResponse:
+        self._metrics.resets.labels(feed_pb2.ResetReason.Name(reason)).inc()
+        return feed_pb2.SubscribeResponse(
+            reset=feed_pb2.Reset(
+                reason=reason,
+                message=message,
+                epoch=self._hub.epoch,
+                head_offset=self._hub.head_offset,
+            )
+        )
+
+    def _start_cursor(
+        self, plan: SubscriptionPlan
+    ) -> tuple[int, feed_pb2.SubscribeResponse | None]:
+        """The offset after which the stream starts, and the Reset to send first, if any."""
+        hub, history = self._hub, self._hub.history
+        head = history.head_offset
+        if plan.start == "earliest":
+            return max(0, history.earliest_offset - 1), None
+        if plan.after is None:
+            return head, None
+        if plan.after.epoch != hub.epoch:
+            return head, self._reset(
+                feed_pb2.RESET_REASON_EPOCH_CHANGED,
+                f"epoch {_shown(plan.after.epoch)} is not the feed's epoch {hub.epoch}",
+            )
+        offset = plan.after.offset
+        if offset > head:
+            return head, self._reset(
+                feed_pb2.RESET_REASON_OFFSET_AHEAD, f"offset {offset} is ahead of head {head}"
+            )
+        if not history.covers_after(offset):
+            return head, self._reset(
+                feed_pb2.RESET_REASON_OFFSET_TOO_OLD,
+                f"offset {offset} is older than the history (earliest {history.earliest_offset})",
+            )
+        return offset, None
+
+    async def _stream(self, plan: SubscriptionPlan) -> AsyncIterator[feed_pb2.SubscribeResponse]:
+        hub, history, metrics = self._hub, self._hub.history, self._metrics
+        clock = asyncio.get_running_loop().time
+        yield feed_pb2.SubscribeResponse(heartbeat=hub.heartbeat())
+        cursor, reset = self._start_cursor(plan)
+        if reset is not None:
+            yield reset
+        if plan.snapshot and (plan.start == "live" or reset is not None):
+            snapshot = hub.snapshot(plan.symbols, plan.types)
+            if snapshot:
+                response = feed_pb2.SubscribeResponse()
+                response.ticks.ticks.extend(snapshot)
+                response.ticks.head_offset = cursor
+                yield response
+        symbols, types = plan.symbols, plan.types
+        every_type = types == ALL_TYPES
+        last_sent = clock()
+        while not self.closing:
+            if not history.covers_after(cursor):
+                cursor = history.head_offset
+                yield self._reset(
+                    feed_pb2.RESET_REASON_SLOW_CONSUMER,
+                    "the subscriber fell behind the retained history",
+                )
+                last_sent = clock()
+            batch: list[tick_pb2.Tick] = []
+            scanned = cursor
+            for tick in history.after(cursor, SCAN_LIMIT):
+                scanned = tick.offset
+                if tick.symbol in symbols and (every_type or tick_type_of(tick) in types):
+                    batch.append(tick)
+                    if len(batch) >= BATCH_LIMIT:
+                        break
+            if scanned > cursor:
+                cursor = scanned
+                if batch or plan.progress_updates:
+                    response = feed_pb2.SubscribeResponse()
+                    response.ticks.ticks.extend(batch)
+                    response.ticks.head_offset = cursor
+                    yield response
+                    metrics.ticks_sent.inc(len(batch))
+                    last_sent = clock()
+                continue
+            quiet_for = clock() - last_sent
+            if quiet_for >= self._heartbeat_interval:
+                yield feed_pb2.SubscribeResponse(heartbeat=hub.heartbeat())
+                last_sent = clock()
+                continue
+            await hub.wait_beyond(cursor, self._heartbeat_interval - quiet_for)
+
+    async def ListSymbols(
+        self, request: feed_pb2.ListSymbolsRequest, context: grpc.aio.ServicerContext
+    ) -> feed_pb2.ListSymbolsResponse:
+        if not self._hub.ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the feed is still loading its source")
+        return feed_pb2.ListSymbolsResponse(symbols=self._hub.symbols(), epoch=self._hub.epoch)
