@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
+import uvloop
 from pydantic import ValidationError
 
 from .config import FeedSettings
@@ -24,13 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop ships with the project
-        pass
-    try:
-        asyncio.run(serve(settings))
+        uvloop.run(serve(settings))
     except ValueError as error:
         print(f"feed_service: {error}", file=sys.stderr)
         return 2

@@ -105,13 +105,13 @@ class TickHub:
         self._advanced.set()
         self._advanced = asyncio.Event()
 
-    async def wait_beyond(self, offset: int, timeout: float) -> bool:
-        """Wait until the head passes ``offset``; False when ``timeout`` seconds pass first."""
+    async def wait_beyond(self, offset: int, max_wait: float) -> bool:
+        """Wait until the head passes ``offset``; False when ``max_wait`` seconds pass first."""
         if self.history.head_offset > offset:
             return True
         event = self._advanced
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(max_wait):
                 await event.wait()
         except TimeoutError:
             return self.history.head_offset > offset

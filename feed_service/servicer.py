@@ -155,8 +155,10 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     async def _stream(self, plan: SubscriptionPlan) -> AsyncIterator[feed_pb2.SubscribeResponse]:
         hub, history, metrics = self._hub, self._hub.history, self._metrics
         clock = asyncio.get_running_loop().time
-        yield feed_pb2.SubscribeResponse(heartbeat=hub.heartbeat())
+        # The start cursor and the first Heartbeat come from the same instant (no await between),
+        # so for a live start the Heartbeat's head_offset is exactly where the stream begins.
         cursor, reset = self._start_cursor(plan)
+        yield feed_pb2.SubscribeResponse(heartbeat=hub.heartbeat())
         if reset is not None:
             yield reset
         if plan.snapshot and (plan.start == "live" or reset is not None):

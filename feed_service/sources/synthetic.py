@@ -18,7 +18,7 @@ BATCH_INTERVAL_S = 0.01
 
 
 def format_scaled(units: int, scale: int) -> str:
-    """Render an integer count of 10**-scale units as an exact decimal string (1234, 2 -> "12.34")."""
+    """Render ``units`` of 10**-scale as an exact decimal string: (1234, 2) -> "12.34"."""
     if scale == 0:
         return str(units)
     sign = "-" if units < 0 else ""

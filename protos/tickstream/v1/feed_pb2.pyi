@@ -159,7 +159,10 @@ Global___TickBatch: _TypeAlias = TickBatch  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """Liveness on a quiet stream, and the first message of every stream."""
+    """Liveness on a quiet stream, and the first message of every stream. The first Heartbeat of a
+    live (no resume) stream gives the offset the stream starts after; any later Heartbeat means
+    the stream is complete through head_offset.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

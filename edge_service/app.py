@@ -1,0 +1,269 @@
+"""The edge's HTTP surface: SSE streams, symbols, health, metrics and the live page."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .config import EdgeSettings
+from .cursor import MalformedCursor, parse_cursor
+from .encoding import encode_preamble
+from .feed_client import FeedClient
+from .metrics import EdgeMetrics
+from .params import parse_symbols, parse_types
+from .problems import (
+    PROBLEM_MEDIA_TYPE,
+    Problem,
+    handle_http_exception,
+    handle_problem,
+    handle_validation_error,
+)
+from .session import ClientSession
+from .upstream import UpstreamPool, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "2"
+SSE_DESCRIPTION = (
+    "Server-Sent Events (WHATWG HTML, 'Server-sent events'). Each tick is `event: trade` or "
+    "`event: quote` with `id: <epoch>-<offset>` and `data:` one line of JSON (the proto3 JSON "
+    "mapping of tickstream.v1.Tick). Also `event: reset` (resume point not honoured; data gives "
+    "reason and epoch) and `event: disconnect` (the edge ends the stream; data gives the reason). "
+    "Comment heartbeats every 15 s at most; a `retry:` hint first."
+)
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {PROBLEM_MEDIA_TYPE: {}}}
+    for status, text in (
+        (400, "Malformed symbols or types, or too many symbols."),
+        (404, "Unknown symbol."),
+        (422, "Invalid query parameter."),
+        (503, "The feed is unavailable; see Retry-After."),
+    )
+}
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": SSE_DESCRIPTION,
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **PROBLEM_RESPONSES,
+}
+
+TypesQuery = Annotated[
+    str | None, Query(description="Comma-separated tick types: trade, quote (default both).")
+]
+SnapshotQuery = Annotated[
+    bool, Query(description="Start with the latest trade and quote of each symbol.")
+]
+LastEventIdQuery = Annotated[
+    str | None,
+    Query(
+        description="Resume cursor for the first connect: `<epoch>-<offset>` or `earliest` "
+        "(the whole retained history). The Last-Event-ID header takes precedence.",
+    ),
+]
+LastEventIdHeader = Annotated[
+    str | None, Header(alias="Last-Event-ID", description="Sent by EventSource on reconnect.")
+]
+
+
+async def _sse_body(session: ClientSession, preamble: bytes) -> AsyncIterator[bytes]:
+    try:
+        yield preamble
+        while (chunk := await session.next_chunk()) is not None:
+            yield chunk
+    finally:
+        session.close()
+
+
+def create_app(settings: EdgeSettings) -> FastAPI:
+    """The edge application; the feed connection opens in its lifespan."""
+    metrics = EdgeMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        feed = FeedClient(settings.feed_target, metrics, settings.feed_check_interval)
+        pool = UpstreamPool(feed.stub, metrics, settings.upstream_linger)
+        app.state.feed, app.state.pool = feed, pool
+        feed.start()
+        try:
+            yield
+        finally:
+            await pool.close()
+            await feed.close()
+
+    app = FastAPI(
+        title="tickstream edge",
+        summary="Real-time ticks from the tickstream feed as Server-Sent Events.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(Problem, handle_problem)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+
+    def feed_of(request: Request) -> FeedClient:
+        feed: FeedClient = request.app.state.feed
+        return feed
+
+    def require_ready(feed: FeedClient) -> None:
+        if not feed.ready:
+            raise Problem(
+                503,
+                "feed-unavailable",
+                "Feed unavailable",
+                f"the feed at {feed.target} is not answering; retry shortly",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
+
+    async def open_stream(
+        request: Request,
+        raw_symbols: list[str],
+        types: str | None,
+        snapshot: bool,
+        last_event_id: str | None,
+    ) -> EventSourceResponse:
+        symbols = parse_symbols(raw_symbols, settings.max_symbols)
+        kinds = parse_types(types)
+        feed = feed_of(request)
+        require_ready(feed)
+        unknown = [s for s in symbols if s not in feed.symbols]
+        if unknown:
+            raise Problem(
+                404,
+                "unknown-symbol",
+                "Unknown symbol",
+                f"the feed does not serve {', '.join(unknown[:10])}",
+                symbols=unknown[:10],
+            )
+        start = None
+        reset = None
+        if last_event_id:
+            try:
+                start = parse_cursor(last_event_id)
+            except MalformedCursor as error:
+                reset = ("malformed_cursor", str(error))
+        pool: UpstreamPool = request.app.state.pool
+        try:
+            upstreams = await pool.acquire(symbols, settings.upstream_ready_timeout)
+        except UpstreamUnavailable as error:
+            raise Problem(
+                503,
+                "feed-unavailable",
+                "Feed unavailable",
+                str(error),
+                headers={"Retry-After": RETRY_AFTER_S},
+            ) from None
+
+        def release(session: ClientSession) -> None:
+            pool.detach(session, symbols)
+            metrics.open_streams.dec()
+
+        session = ClientSession(
+            symbols,
+            kinds,
+            queue_limit=settings.client_queue_events,
+            catchup_limit=settings.catchup_buffer_events,
+            metrics=metrics,
+            on_close=release,
+        )
+        metrics.open_streams.inc()
+        pool.attach(session, upstreams)
+        if start is None:
+            session.begin_live(upstreams, snapshot, reset)
+        else:
+            session.begin_resume(upstreams, start, snapshot, feed.stub)
+        return EventSourceResponse(
+            _sse_body(session, encode_preamble(settings.retry_ms)),
+            headers={"Cache-Control": "no-cache"},
+            ping=settings.ping_interval,
+            sep="\n",
+            send_timeout=settings.send_timeout,
+            background=BackgroundTask(session.close),
+        )
+
+    @app.get(
+        "/sse/{symbol}",
+        summary="SSE stream of one symbol",
+        responses=SSE_RESPONSES,
+        response_class=Response,
+    )
+    async def sse_one(
+        request: Request,
+        symbol: str,
+        types: TypesQuery = None,
+        snapshot: SnapshotQuery = False,
+        last_event_id: LastEventIdQuery = None,
+        last_event_id_header: LastEventIdHeader = None,
+    ) -> Response:
+        return await open_stream(
+            request, [symbol], types, snapshot, last_event_id_header or last_event_id
+        )
+
+    @app.get(
+        "/sse",
+        summary="One SSE stream multiplexing several symbols",
+        responses=SSE_RESPONSES,
+        response_class=Response,
+    )
+    async def sse_many(
+        request: Request,
+        symbols: Annotated[
+            str, Query(description="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
+        ],
+        types: TypesQuery = None,
+        snapshot: SnapshotQuery = False,
+        last_event_id: LastEventIdQuery = None,
+        last_event_id_header: LastEventIdHeader = None,
+    ) -> Response:
+        return await open_stream(
+            request, [symbols], types, snapshot, last_event_id_header or last_event_id
+        )
+
+    @app.get("/symbols", summary="Symbols the feed serves", responses=PROBLEM_RESPONSES)
+    async def list_symbols(request: Request) -> JSONResponse:
+        feed = feed_of(request)
+        require_ready(feed)
+        return JSONResponse(
+            {
+                "epoch": feed.epoch,
+                "symbols": [
+                    json_format.MessageToDict(info, always_print_fields_with_no_presence=True)
+                    for info in feed.symbols.values()
+                ],
+            }
+        )
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the feed answers", responses=PROBLEM_RESPONSES)
+    async def readyz(request: Request) -> dict[str, Any]:
+        feed = feed_of(request)
+        require_ready(feed)
+        return {"status": "ready", "feed": feed.target, "epoch": feed.epoch}
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    page = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
+
+    @app.get("/", summary="Live ticker board", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    app.state.metrics = metrics
+    return app

@@ -1,0 +1,56 @@
+"""Edge configuration: one pydantic-settings class, flags mirrored by ``EDGE_*`` variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EdgeSettings(BaseSettings):
+    """tickstream edge: fans the feed's ticks out to Server-Sent Events clients.
+
+    Every flag has an environment variable with the ``EDGE_`` prefix (``--port`` is ``EDGE_PORT``).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="python -m edge_service",
+    )
+
+    host: str = Field("127.0.0.1", description="Interface the HTTP server binds.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
+    feed_target: str = Field("127.0.0.1:50051", description="The feed's gRPC address, HOST:PORT.")
+    max_symbols: int = Field(
+        200, ge=1, le=10_000, description="Most symbols one SSE stream may ask for."
+    )
+    client_queue_events: int = Field(
+        20_000,
+        ge=10,
+        description="Events a client may have queued before it is disconnected as a slow consumer.",
+    )
+    catchup_buffer_events: int = Field(
+        50_000,
+        ge=10,
+        description="Live events held per symbol while a resuming client catches up from history.",
+    )
+    ping_interval: float = Field(
+        15.0, gt=0, le=15, description="Seconds between SSE comment heartbeats (at most 15)."
+    )
+    retry_ms: int = Field(
+        2_000, ge=0, description="The SSE retry: hint sent at stream start (milliseconds)."
+    )
+    send_timeout: float = Field(
+        30.0, gt=0, description="Seconds one write to a client may block before it is dropped."
+    )
+    upstream_linger: float = Field(
+        5.0, ge=0, description="Seconds an upstream stays open after its last client leaves."
+    )
+    upstream_ready_timeout: float = Field(
+        5.0, gt=0, description="Seconds a new SSE request waits for its upstream to connect."
+    )
+    feed_check_interval: float = Field(
+        0.5, gt=0, description="Seconds between health checks of the feed (readiness)."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")

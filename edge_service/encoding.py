@@ -1,0 +1,56 @@
+"""Ticks and control messages to SSE bytes, each encoded once and shared by every client.
+
+Framing follows the WHATWG HTML standard, section "Server-sent events" (9.2), through
+sse-starlette's ``ServerSentEvent``; ``data`` is one line of JSON, the proto3 JSON mapping of a
+``tickstream.v1.Tick`` (prices and sizes as decimal strings, uint64 fields as strings).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format
+from sse_starlette import ServerSentEvent
+from tickstream.v1 import tick_pb2
+
+from .cursor import format_event_id
+
+SEP = "\n"
+TRADE = "trade"
+QUOTE = "quote"
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedTick:
+    """One tick ready to send: ``frame`` is the complete SSE event (``event``, ``id``, ``data``)."""
+
+    offset: int
+    symbol: str
+    kind: str  # TRADE or QUOTE
+    frame: bytes
+
+
+def _json(payload: Any) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
+
+
+def encode_tick(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
+    """The SSE event of ``tick``: ``event: trade|quote``, ``id: <epoch>-<offset>``, JSON data."""
+    kind = TRADE if tick.HasField("trade") else QUOTE
+    data = _json(json_format.MessageToDict(tick))
+    frame = ServerSentEvent(
+        data=data, event=kind, id=format_event_id(epoch, tick.offset), sep=SEP
+    ).encode()
+    return EncodedTick(tick.offset, tick.symbol, kind, frame)
+
+
+def encode_control(event: str, payload: dict[str, Any], event_id: str | None = None) -> bytes:
+    """A control event (``reset``, ``disconnect``) with a one-line JSON ``data``."""
+    return ServerSentEvent(data=_json(payload), event=event, id=event_id, sep=SEP).encode()
+
+
+def encode_preamble(retry_ms: int) -> bytes:
+    """The stream's first bytes: a comment and the ``retry:`` reconnection hint."""
+    return ServerSentEvent(comment="tickstream", retry=retry_ms, sep=SEP).encode()

@@ -1,0 +1,92 @@
+"""The edge's connection to the feed: one gRPC channel, readiness and the symbol list."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tickstream.v1 import feed_pb2, feed_pb2_grpc
+
+from .metrics import EdgeMetrics
+
+log = logging.getLogger(__name__)
+
+CHANNEL_OPTIONS = [
+    # Detect a silently dead feed: ping every 10 s, give up 5 s after an unanswered ping.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Come back quickly after the feed restarts.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+SYMBOLS_REFRESH_S = 10.0
+
+
+class FeedClient:
+    """Owns the channel and stubs; a background task polls the feed's gRPC health.
+
+    ``ready`` is True while the feed answers SERVING; ``symbols`` maps each symbol the feed
+    serves to its ``SymbolInfo`` (refreshed on readiness and every 10 s).
+    """
+
+    def __init__(self, target: str, metrics: EdgeMetrics, check_interval: float) -> None:
+        self.target = target
+        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.stub = feed_pb2_grpc.FeedServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._metrics = metrics
+        self._interval = check_interval
+        self.ready = False
+        self.epoch: str | None = None
+        self.symbols: dict[str, feed_pb2.SymbolInfo] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._symbols_at = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="feed-health")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.channel.close(grace=None)
+
+    async def check(self) -> bool:
+        """One health check (and symbol refresh when due); returns and records readiness."""
+        loop = asyncio.get_running_loop()
+        try:
+            reply = await self._health.Check(
+                health_pb2.HealthCheckRequest(), timeout=max(1.0, self._interval * 2)
+            )
+            ready = reply.status == health_pb2.HealthCheckResponse.SERVING
+            if ready and (not self.ready or loop.time() - self._symbols_at > SYMBOLS_REFRESH_S):
+                await self.refresh_symbols()
+        except grpc.aio.AioRpcError as error:
+            if self.ready:
+                log.warning("feed %s unavailable: %s", self.target, error.code().name)
+            ready = False
+        if ready and not self.ready:
+            log.info("feed %s ready (epoch %s)", self.target, self.epoch)
+        self.ready = ready
+        self._metrics.feed_ready.set(1 if ready else 0)
+        return ready
+
+    async def refresh_symbols(self) -> None:
+        """Reload the symbol list. Raises grpc.aio.AioRpcError when the feed does not answer."""
+        reply = await self.stub.ListSymbols(feed_pb2.ListSymbolsRequest(), timeout=2.0)
+        self.symbols = {info.symbol: info for info in reply.symbols}
+        self.epoch = reply.epoch
+        self._symbols_at = asyncio.get_running_loop().time()
+
+    async def _watch(self) -> None:
+        while True:
+            await self.check()
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,53 @@
+"""Parsing and validation of the SSE routes' parameters; failures are :class:`Problem` (400)."""
+
+from __future__ import annotations
+
+import re
+
+from .problems import Problem
+
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,31}")
+"""The feed's symbol rule (``feed_service/symbols.py``): 1 to 32 of A-Z 0-9 . _ -."""
+KINDS = ("trade", "quote")
+
+
+def parse_symbols(raw: list[str], limit: int) -> list[str]:
+    """Symbols from path or ``symbols=A,B`` values: split on commas, duplicates counted once,
+    order kept. Raises Problem 400 when empty, malformed (detail shows the rule, never the
+    input at length) or more than ``limit``."""
+    symbols = list(dict.fromkeys(part.strip() for value in raw for part in value.split(",")))
+    if not symbols or symbols == [""]:
+        raise Problem(400, "invalid-symbols", "Invalid symbols", "name at least one symbol")
+    bad = [s for s in symbols if SYMBOL_PATTERN.fullmatch(s) is None]
+    if bad:
+        shown = bad[0][:32] if bad[0].isprintable() else "(unprintable)"
+        raise Problem(
+            400,
+            "invalid-symbols",
+            "Invalid symbols",
+            f"malformed symbol {shown!r}: symbols are 1-32 characters of A-Z 0-9 . _ - "
+            "(upper case), comma-separated",
+        )
+    if len(symbols) > limit:
+        raise Problem(
+            400,
+            "too-many-symbols",
+            "Too many symbols",
+            f"{len(symbols)} symbols requested; at most {limit} per stream",
+        )
+    return symbols
+
+
+def parse_types(raw: str | None) -> frozenset[str]:
+    """``types=trade,quote`` (default both). Raises Problem 400 for empty or unknown types."""
+    if raw is None:
+        return frozenset(KINDS)
+    kinds = {part.strip() for part in raw.split(",")}
+    if not kinds or kinds - set(KINDS):
+        raise Problem(
+            400,
+            "invalid-types",
+            "Invalid types",
+            "types is a comma-separated subset of trade,quote",
+        )
+    return frozenset(kinds)
