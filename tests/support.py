@@ -1,0 +1,239 @@
+"""Real processes for integration tests: start the feed and the edge on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data" / "binance" / "spot"
+BTC_FILE = DATA / "btcusdt_20240808.gz"
+ETH_FILE = DATA / "ethusdt_20240808.gz"
+STARTUP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class ServiceProcess:
+    """A service started with ``python -m``; its output lines are collected by a thread."""
+
+    name: str
+    popen: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    port: int = 0
+    metrics_port: int | None = None
+
+    def _drain(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_line(self, pattern: str, timeout: float = STARTUP_TIMEOUT_S) -> re.Match[str]:
+        """The first output line matching ``pattern``; AssertionError after ``timeout`` s."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            for line in self.lines[seen:]:
+                if match := regex.search(line):
+                    return match
+            seen = len(self.lines)
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: no line matching {pattern!r}:\n" + self.output())
+
+    def output(self) -> str:
+        return "\n".join(self.lines[-60:])
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive:
+            self.popen.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` s; returns the exit code."""
+        if self.alive:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.alive:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def spawn(name: str, module: str, args: list[str], env: dict[str, str] | None = None) -> ServiceProcess:
+    process_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    popen = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=process_env,
+    )
+    service = ServiceProcess(name, popen)
+    threading.Thread(target=service._drain, daemon=True).start()
+    return service
+
+
+def start_feed(*args: str, port: int = 0, wait_ready: bool = True) -> ServiceProcess:
+    """A feed on 127.0.0.1 (free port unless ``port``), metrics on a free port; waits for
+    health SERVING unless ``wait_ready`` is False."""
+    feed = spawn("feed", "feed_service", ["--port", str(port), "--metrics-port", "0", *args])
+    try:
+        match = feed.wait_for_line(r"feed_service listening on 127\.0\.0\.1:(\d+)")
+        feed.port = int(match[1])
+        feed.metrics_port = int(feed.wait_for_line(r"metrics on http://127\.0\.0\.1:(\d+)")[1])
+        if wait_ready:
+            wait_serving(feed)
+    except BaseException:
+        feed.kill()
+        raise
+    return feed
+
+
+def replay_args(*files: Path, speed: str = "0", loop: bool = False) -> list[str]:
+    args = ["--source", "replay", "--speed", speed]
+    for path in files:
+        args += ["--replay-path", str(path)]
+    return args + (["--loop"] if loop else [])
+
+
+def wait_serving(feed: ServiceProcess, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{feed.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(grpc.RpcError):
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.1)
+    raise AssertionError("feed never became SERVING:\n" + feed.output())
+
+
+def start_edge(feed_port: int, *args: str, wait_ready: bool = True) -> ServiceProcess:
+    """An edge on a free 127.0.0.1 port talking to the feed on ``feed_port``; waits for
+    ``/readyz`` 200 unless ``wait_ready`` is False."""
+    edge = spawn(
+        "edge",
+        "edge_service",
+        ["--port", "0", "--feed-target", f"127.0.0.1:{feed_port}", *args],
+    )
+    try:
+        edge.port = int(edge.wait_for_line(r"edge_service listening on http://127\.0\.0\.1:(\d+)")[1])
+        if wait_ready:
+            wait_http_ok(f"http://127.0.0.1:{edge.port}/readyz", edge)
+    except BaseException:
+        edge.kill()
+        raise
+    return edge
+
+
+def wait_http_ok(url: str, service: ServiceProcess, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never answered 200:\n" + service.output())
+
+
+def metric_value(service: ServiceProcess, name: str) -> float:
+    """The value of an unlabelled Prometheus sample ``name`` from the feed's metrics port."""
+    text = httpx.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"metric {name} not found")
+
+
+@dataclass
+class SseEvent:
+    """One parsed SSE event (WHATWG field rules, enough for our streams)."""
+
+    event: str
+    data: str
+    id: str | None
+
+    @property
+    def offset(self) -> int:
+        assert self.id is not None
+        return int(self.id.rsplit("-", 1)[1])
+
+
+async def iter_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
+    """Parse an SSE body into events; comments and retry-only blocks are skipped."""
+    event, data, event_id = "message", [], None
+    async for line in response.aiter_lines():
+        if line == "":
+            if data:
+                yield SseEvent(event, "\n".join(data), event_id)
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id":
+            event_id = value
+
+
+async def collect(
+    client: httpx.AsyncClient,
+    url: str,
+    count: int,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    kinds: tuple[str, ...] = ("trade", "quote"),
+) -> list[SseEvent]:
+    """The first ``count`` events of ``kinds`` from ``url`` (others are kept too, not counted)."""
+    events: list[SseEvent] = []
+    counted = 0
+    async with asyncio.timeout(timeout), client.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200, await response.aread()
+        async for event in iter_events(response):
+            events.append(event)
+            if event.event in kinds:
+                counted += 1
+                if counted >= count:
+                    break
+    return events
+
+
+@contextlib.contextmanager
+def services(*started: ServiceProcess) -> Iterator[tuple[ServiceProcess, ...]]:
+    try:
+        yield started
+    finally:
+        for service in reversed(started):
+            service.stop()
