@@ -40,7 +40,7 @@ test: lint
 
 # Replay the bundled real data in a loop: feed on 127.0.0.1:50051, edge on 127.0.0.1:8000.
 run: $(STAMP)
-	$(PY) -m scripts.run_local
+	$(PY) scripts/run_local.py
 
 clean:
 	rm -rf $(VENV)

@@ -108,6 +108,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         summary="Real-time ticks from the tickstream feed as Server-Sent Events.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN; the edge serves no third-party code
+        redoc_url=None,
     )
     app.add_exception_handler(Problem, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)

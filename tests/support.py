@@ -84,7 +84,9 @@ class ServiceProcess:
             self.popen.wait()
 
 
-def spawn(name: str, module: str, args: list[str], env: dict[str, str] | None = None) -> ServiceProcess:
+def spawn(
+    name: str, module: str, args: list[str], env: dict[str, str] | None = None
+) -> ServiceProcess:
     process_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     popen = subprocess.Popen(
         [sys.executable, "-m", module, *args],
@@ -144,7 +146,9 @@ def start_edge(feed_port: int, *args: str, wait_ready: bool = True) -> ServicePr
         ["--port", "0", "--feed-target", f"127.0.0.1:{feed_port}", *args],
     )
     try:
-        edge.port = int(edge.wait_for_line(r"edge_service listening on http://127\.0\.0\.1:(\d+)")[1])
+        edge.port = int(
+            edge.wait_for_line(r"edge_service listening on http://127\.0\.0\.1:(\d+)")[1]
+        )
         if wait_ready:
             wait_http_ok(f"http://127.0.0.1:{edge.port}/readyz", edge)
     except BaseException:

@@ -15,7 +15,9 @@ BEFORE = 50
 AFTER = 2_000
 
 
-async def _reference(http: httpx.AsyncClient, url: str, ready: asyncio.Event, count: int) -> list[SseEvent]:
+async def _reference(
+    http: httpx.AsyncClient, url: str, ready: asyncio.Event, count: int
+) -> list[SseEvent]:
     events: list[SseEvent] = []
     async with asyncio.timeout(60), http.stream("GET", url) as response:
         assert response.status_code == 200

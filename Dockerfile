@@ -1,0 +1,14 @@
+# One image for both services: `python -m feed_service` or `python -m edge_service`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY protos ./protos
+COPY feed_service ./feed_service
+COPY edge_service ./edge_service
+COPY data ./data
+RUN pip install --no-cache-dir . && useradd --uid 10001 --no-create-home tickstream
+USER 10001
+EXPOSE 50051 8000
+CMD ["python", "-m", "edge_service"]

@@ -1,0 +1,109 @@
+"""Acceptance 6: bad input gets a clear error; the processes and other streams carry on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import httpx
+import pytest
+from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
+
+from tests.conftest import Stack
+from tests.integration.test_resume import assert_contiguous
+from tests.support import SseEvent, iter_events
+
+EDGE_CASES = [
+    ("/sse/NOPE", 404, "unknown-symbol"),
+    ("/sse?symbols=BTCUSDT,NOPE", 404, "unknown-symbol"),
+    ("/sse?symbols=", 400, "invalid-symbols"),
+    ("/sse?symbols=,,", 400, "invalid-symbols"),
+    ("/sse?symbols=btcusdt", 400, "invalid-symbols"),
+    ("/sse?symbols=BTC%0AUSDT", 400, "invalid-symbols"),
+    ("/sse?symbols=BTC%20USDT%3Aevil", 400, "invalid-symbols"),
+    ("/sse?symbols=" + "A" * 40, 400, "invalid-symbols"),
+    ("/sse?symbols=" + ",".join(f"S{i}" for i in range(201)), 400, "too-many-symbols"),
+    ("/sse?symbols=BTCUSDT&types=foo", 400, "invalid-types"),
+    ("/sse?symbols=BTCUSDT&types=", 400, "invalid-types"),
+    ("/sse?symbols=BTCUSDT&types=trade,bogus", 400, "invalid-types"),
+    ("/sse?symbols=BTCUSDT&snapshot=maybe", 422, "invalid-request"),
+    ("/sse", 422, "invalid-request"),
+    ("/sse/BTCUSDT?types=trade,,quote", 400, "invalid-types"),
+]
+
+
+async def _healthy_stream(url: str, started: asyncio.Event, stop: asyncio.Event) -> list[SseEvent]:
+    events: list[SseEvent] = []
+    async with httpx.AsyncClient(timeout=30) as client, client.stream("GET", url) as response:
+        async for event in iter_events(response):
+            events.append(event)
+            started.set()
+            if stop.is_set():
+                break
+    return events
+
+
+async def test_edge_bad_requests_get_problem_json_and_others_are_untouched(
+    live_stack: Stack, http: httpx.AsyncClient
+) -> None:
+    started, stop = asyncio.Event(), asyncio.Event()
+    healthy = asyncio.create_task(
+        _healthy_stream(f"{live_stack.base_url}/sse/ETHUSDT", started, stop)
+    )
+    await asyncio.wait_for(started.wait(), 30)
+    for path, status, kind in EDGE_CASES:
+        response = await http.get(live_stack.base_url + path)
+        assert response.status_code == status, (path, response.text)
+        assert response.headers["content-type"] == "application/problem+json", path
+        problem = response.json()
+        assert problem["status"] == status
+        assert problem["type"].endswith("/" + kind), (path, problem)
+        assert problem["title"] and problem["detail"]
+        assert "\n" not in problem["detail"]
+    response = await http.post(f"{live_stack.base_url}/sse/BTCUSDT")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/problem+json"
+
+    await asyncio.sleep(0.5)
+    stop.set()
+    events = await asyncio.wait_for(healthy, 30)
+    ticks = [e for e in events if e.event in ("trade", "quote")]
+    assert len(ticks) > 10, "the healthy stream kept flowing"
+    assert_contiguous(ticks)
+    assert live_stack.edge.alive and live_stack.feed.alive
+    assert (await http.get(f"{live_stack.base_url}/readyz")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "code"),
+    [
+        ({"symbols": ["NOPE"]}, grpc.StatusCode.NOT_FOUND),
+        ({"symbols": []}, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"symbols": ["bad symbol"]}, grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            {"symbols": ["BTCUSDT"], "types": [tick_pb2.TICK_TYPE_UNSPECIFIED]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        ({"symbols": ["BTCUSDT"], "types": [99]}, grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            {"symbols": ["BTCUSDT"], "after": feed_pb2.StreamPosition(offset=5)},
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        ({"symbols": ["X" * 5000]}, grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+    ids=["unknown", "empty", "malformed", "unspecified-type", "unknown-type", "no-epoch", "huge"],
+)
+async def test_feed_rejects_bad_subscribe_with_status(
+    live_stack: Stack, request_fields: dict[str, object], code: grpc.StatusCode
+) -> None:
+    async with grpc.aio.insecure_channel(live_stack.feed_target) as channel:
+        stub = feed_pb2_grpc.FeedServiceStub(channel)
+        call = stub.Subscribe(feed_pb2.SubscribeRequest(**request_fields))  # type: ignore[arg-type]
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async with asyncio.timeout(10):
+                async for _ in call:
+                    pass
+        assert raised.value.code() == code
+        if code == grpc.StatusCode.NOT_FOUND:
+            assert "NOPE" in (raised.value.details() or "")
+    assert live_stack.feed.alive

@@ -1,0 +1,64 @@
+"""Acceptance 1: ``make run`` serves real BTCUSDT ticks at /sse/BTCUSDT within 15 s."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+
+from tests.support import ROOT
+
+DEADLINE_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_make_run_serves_real_btcusdt_ticks_within_15_seconds() -> None:
+    feed_port, edge_port = free_port(), free_port()
+    env = {**os.environ, "FEED_PORT": str(feed_port), "EDGE_PORT": str(edge_port)}
+    started = time.monotonic()
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so the test can stop all of it
+    )
+    tick = None
+    try:
+        while tick is None and time.monotonic() - started < DEADLINE_S:
+            try:
+                with httpx.stream(
+                    "GET", f"http://127.0.0.1:{edge_port}/sse/BTCUSDT", timeout=5
+                ) as response:
+                    if response.status_code != 200:
+                        time.sleep(0.2)
+                        continue
+                    for line in response.iter_lines():
+                        if line.startswith("data: "):
+                            tick = json.loads(line[6:])
+                            break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        time.sleep(1.5)  # make run polls /readyz every 0.2 s, then prints where to look
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        output, _ = make.communicate(timeout=30)
+    assert tick is not None, f"no tick within {DEADLINE_S}s:\n{output}"
+    assert elapsed < DEADLINE_S
+    assert tick["symbol"] == "BTCUSDT"
+    body = tick.get("trade") or tick["quote"]
+    assert all("." in value for key, value in body.items() if key.endswith(("price", "Price")))
+    assert f"http://127.0.0.1:{edge_port}/" in output, "make run prints where to look"
