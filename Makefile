@@ -25,7 +25,7 @@ check-protos: $(STAMP)
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
 	  --python_out=$$tmp --mypy_out=$$tmp --grpc_python_out=$$tmp --mypy_grpc_out=$$tmp \
-	  $(PROTO_FILES) && \
+	  $(PROTO_FILES) >/dev/null && \
 	for f in $$(cd $$tmp && find . -type f | sort); do \
 	  cmp -s "$$tmp/$$f" "protos/$$f" || { echo "check-protos: protos/$$f is out of step; run make protos"; exit 1; }; \
 	done; echo "check-protos: generated code in step with protos/"

@@ -217,13 +217,13 @@ async def collect(
     count: int,
     *,
     headers: dict[str, str] | None = None,
-    timeout: float = 30.0,
+    within: float = 30.0,
     kinds: tuple[str, ...] = ("trade", "quote"),
 ) -> list[SseEvent]:
     """The first ``count`` events of ``kinds`` from ``url`` (others are kept too, not counted)."""
     events: list[SseEvent] = []
     counted = 0
-    async with asyncio.timeout(timeout), client.stream("GET", url, headers=headers) as response:
+    async with asyncio.timeout(within), client.stream("GET", url, headers=headers) as response:
         assert response.status_code == 200, await response.aread()
         async for event in iter_events(response):
             events.append(event)

@@ -27,9 +27,7 @@ async def test_fifty_clients_cause_one_subscribe_and_see_identical_events(
 ) -> None:
     assert metric_value(fresh_stack.feed, SUBSCRIBES) == 0
     url = f"{fresh_stack.base_url}/sse/BTCUSDT"
-    streams = await asyncio.gather(
-        *(collect(http, url, EVENTS, timeout=60) for _ in range(CLIENTS))
-    )
+    streams = await asyncio.gather(*(collect(http, url, EVENTS, within=60) for _ in range(CLIENTS)))
     assert metric_value(fresh_stack.feed, SUBSCRIBES) == 1, "one upstream for all 50 clients"
 
     sequences = [[(e.id, e.event, e.data) for e in events] for events in streams]

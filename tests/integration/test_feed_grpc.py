@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -28,10 +29,10 @@ def small_history_feed() -> Iterator[ServiceProcess]:
 
 
 async def read(
-    call: grpc.aio.UnaryStreamCall, count: int, timeout: float = 20
+    call: grpc.aio.UnaryStreamCall, count: int, within: float = 20
 ) -> list[feed_pb2.SubscribeResponse]:
     responses: list[feed_pb2.SubscribeResponse] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         async for response in call:
             responses.append(response)
             if len(responses) >= count:
@@ -70,14 +71,14 @@ async def test_earliest_trades_only_keeps_sequence_contiguous(
     ticks = ticks_of(responses)
     assert ticks and all(t.HasField("trade") and t.symbol == "BTCUSDT" for t in ticks)
     assert [t.sequence for t in ticks] == list(range(1, len(ticks) + 1))
-    assert all(a.offset < b.offset for a, b in zip(ticks, ticks[1:], strict=False))
+    assert all(a.offset < b.offset for a, b in itertools.pairwise(ticks))
 
 
 async def test_snapshot_sends_latest_trade_and_quote_then_heartbeats(
     stub: feed_pb2_grpc.FeedServiceStub,
 ) -> None:
     request = feed_pb2.SubscribeRequest(symbols=["ETHUSDT", "BTCUSDT"], snapshot=True)
-    responses = await read(stub.Subscribe(request), 3, timeout=10)
+    responses = await read(stub.Subscribe(request), 3, within=10)
     kinds = [r.WhichOneof("event") for r in responses]
     assert kinds == ["heartbeat", "ticks", "heartbeat"], "replay over: snapshot, then heartbeats"
     snapshot = responses[1].ticks.ticks
