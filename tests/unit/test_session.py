@@ -1,0 +1,121 @@
+"""ClientSession: ordered merge of several symbols, slow-consumer policy, resets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from tickstream.v1 import tick_pb2
+
+from edge_service.encoding import EncodedTick, encode_tick
+from edge_service.metrics import EdgeMetrics
+from edge_service.session import ClientSession
+
+EPOCH = "e1"
+
+
+@dataclass
+class FakeUpstream:
+    """Stands in for SymbolUpstream: the attributes a session reads."""
+
+    symbol: str
+    epoch: str | None = EPOCH
+    watermark: int = 0
+    latest: dict[str, EncodedTick] = field(default_factory=dict)
+
+    def snapshot(self, kinds: frozenset[str]) -> list[EncodedTick]:
+        return [t for k, t in self.latest.items() if k in kinds]
+
+
+def tick(symbol: str, offset: int, kind: str = "trade") -> EncodedTick:
+    message = tick_pb2.Tick(symbol=symbol, offset=offset, sequence=offset)
+    if kind == "trade":
+        message.trade.price = "1"
+    else:
+        message.quote.bid_price = "1"
+    return encode_tick(message, EPOCH)
+
+
+def session(symbols: list[str], queue_limit: int = 1_000) -> ClientSession:
+    return ClientSession(
+        symbols,
+        frozenset({"trade", "quote"}),
+        queue_limit=queue_limit,
+        catchup_limit=100,
+        metrics=EdgeMetrics(),
+        on_close=lambda _: None,
+    )
+
+
+def deliver(
+    client: ClientSession, upstream: FakeUpstream, offsets: list[int], watermark: int
+) -> None:
+    upstream.watermark = watermark
+    client.on_ticks(upstream, [tick(upstream.symbol, o) for o in offsets])  # type: ignore[arg-type]
+
+
+async def offsets_sent(client: ClientSession) -> list[int]:
+    chunk = await client.next_chunk()
+    assert chunk is not None
+    return [
+        int(line.rsplit("-", 1)[1])
+        for line in chunk.decode().splitlines()
+        if line.startswith("id: ")
+    ]
+
+
+async def test_two_symbols_are_released_in_offset_order_only_when_both_passed() -> None:
+    a, b = FakeUpstream("A", watermark=4), FakeUpstream("B", watermark=4)
+    client = session(["A", "B"])
+    client.begin_live([a, b], snapshot=False)  # type: ignore[list-item]
+    deliver(client, a, [5, 9], watermark=9)
+    assert not client._queue, "B may still have a tick below 9"
+    deliver(client, b, [6, 8], watermark=8)
+    assert await offsets_sent(client) == [5, 6, 8]
+    deliver(client, b, [], watermark=10)  # progress only
+    assert await offsets_sent(client) == [9]
+    assert client.cursor == 9
+
+
+async def test_single_symbol_passes_ticks_straight_through_and_skips_old_ones() -> None:
+    a = FakeUpstream("A", watermark=10)
+    client = session(["A"])
+    client.begin_live([a], snapshot=False)  # type: ignore[list-item]
+    deliver(client, a, [9, 11, 12], watermark=12)
+    assert await offsets_sent(client) == [11, 12]
+
+
+async def test_snapshot_comes_first_in_offset_order() -> None:
+    a = FakeUpstream(
+        "A", watermark=10, latest={"trade": tick("A", 7), "quote": tick("A", 3, "quote")}
+    )
+    client = session(["A"])
+    client.begin_live([a], snapshot=True)  # type: ignore[list-item]
+    assert await offsets_sent(client) == [3, 7]
+
+
+async def test_slow_consumer_is_disconnected_with_a_reason() -> None:
+    a = FakeUpstream("A")
+    client = session(["A"], queue_limit=10)
+    client.begin_live([a], snapshot=False)  # type: ignore[list-item]
+    deliver(client, a, list(range(1, 12)), watermark=11)
+    final = await client.next_chunk()
+    assert final is not None and final.startswith(b"event: disconnect")
+    assert json.loads(final.decode().split("data: ")[1])["reason"] == "slow_consumer"
+    assert await client.next_chunk() is None
+
+
+async def test_feed_restart_sends_one_reset_then_new_epoch_ticks() -> None:
+    a, b = FakeUpstream("A", watermark=50), FakeUpstream("B", watermark=50)
+    client = session(["A", "B"])
+    client.begin_live([a, b], snapshot=False)  # type: ignore[list-item]
+    for upstream in (a, b):
+        upstream.epoch, upstream.watermark = "e2", 3
+        client.on_reset(upstream, "epoch_changed", "feed restarted")  # type: ignore[arg-type]
+    chunk = await client.next_chunk()
+    assert chunk is not None
+    assert chunk.count(b"event: reset") == 1
+    assert b"id: e2-3" in chunk
+    deliver(client, a, [4], watermark=4)
+    deliver(client, b, [], watermark=4)
+    assert await offsets_sent(client) == [4]
