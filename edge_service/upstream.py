@@ -131,13 +131,14 @@ class SymbolUpstream:
         kind = response.WhichOneof("event")
         if kind == "ticks":
             self._on_batch(response.ticks)
+            self.ready.set()
         elif kind == "heartbeat":
             beat = response.heartbeat
             if first:
                 self.connected = True
                 if self.epoch is None:
+                    # Ready once the snapshot batch that follows has filled ``latest``.
                     self.epoch, self.watermark = beat.epoch, beat.head_offset
-                    self.ready.set()
                     log.info(
                         "upstream %s: subscribed at %s-%d", self.symbol, self.epoch, self.watermark
                     )

@@ -162,12 +162,11 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         if reset is not None:
             yield reset
         if plan.snapshot and (plan.start == "live" or reset is not None):
-            snapshot = hub.snapshot(plan.symbols, plan.types)
-            if snapshot:
-                response = feed_pb2.SubscribeResponse()
-                response.ticks.ticks.extend(snapshot)
-                response.ticks.head_offset = cursor
-                yield response
+            # Sent even when empty, so the client knows the snapshot is complete.
+            response = feed_pb2.SubscribeResponse()
+            response.ticks.ticks.extend(hub.snapshot(plan.symbols, plan.types))
+            response.ticks.head_offset = cursor
+            yield response
         symbols, types = plan.symbols, plan.types
         every_type = types == ALL_TYPES
         last_sent = clock()

@@ -88,7 +88,8 @@ class SubscribeRequest(_message.Message):
     EARLIEST_FIELD_NUMBER: _builtins.int
     PROGRESS_UPDATES_FIELD_NUMBER: _builtins.int
     snapshot: _builtins.bool
-    """Send the latest trade and quote of each symbol (in offset order) before live ticks.
+    """Send the latest trade and quote of each symbol (in offset order) before live ticks, as one
+    TickBatch right after the opening Heartbeat (and Reset, if any), empty if there are none.
     Ignored when a resume point is honoured (the history already covers it).
     """
     earliest: _builtins.bool
