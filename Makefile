@@ -22,13 +22,15 @@ protos: $(STAMP)
 
 # Fail when the checked-in generated code is not what protos/ generates.
 check-protos: $(STAMP)
-	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	@set -o pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
 	  --python_out=$$tmp --mypy_out=$$tmp --grpc_python_out=$$tmp --mypy_grpc_out=$$tmp \
-	  $(PROTO_FILES) >/dev/null && \
+	  $(PROTO_FILES) 2>&1 | { grep -v '^Writing mypy' || true; } \
+	  || { echo "check-protos: protoc failed"; exit 1; }; \
 	for f in $$(cd $$tmp && find . -type f | sort); do \
 	  cmp -s "$$tmp/$$f" "protos/$$f" || { echo "check-protos: protos/$$f is out of step; run make protos"; exit 1; }; \
-	done; echo "check-protos: generated code in step with protos/"
+	done; \
+	echo "check-protos: generated code in step with protos/"
 
 lint: $(STAMP) check-protos
 	$(VENV)/bin/ruff check .

@@ -43,7 +43,7 @@ SSE_DESCRIPTION = (
     "reason and epoch) and `event: disconnect` (the edge ends the stream; data gives the reason). "
     "Comment heartbeats every 15 s at most; a `retry:` hint first."
 )
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+STREAM_PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": {PROBLEM_MEDIA_TYPE: {}}}
     for status, text in (
         (400, "Malformed symbols or types, or too many symbols."),
@@ -52,12 +52,13 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         (503, "The feed is unavailable; see Retry-After."),
     )
 }
+FEED_PROBLEMS = {503: STREAM_PROBLEMS[503]}
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": SSE_DESCRIPTION,
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
-    **PROBLEM_RESPONSES,
+    **STREAM_PROBLEMS,
 }
 
 TypesQuery = Annotated[
@@ -233,7 +234,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             request, [symbols], types, snapshot, last_event_id_header or last_event_id
         )
 
-    @app.get("/symbols", summary="Symbols the feed serves", responses=PROBLEM_RESPONSES)
+    @app.get("/symbols", summary="Symbols the feed serves", responses=FEED_PROBLEMS)
     async def list_symbols(request: Request) -> JSONResponse:
         feed = feed_of(request)
         require_ready(feed)
@@ -251,13 +252,18 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: the feed answers", responses=PROBLEM_RESPONSES)
+    @app.get("/readyz", summary="Readiness: the feed answers", responses=FEED_PROBLEMS)
     async def readyz(request: Request) -> dict[str, Any]:
         feed = feed_of(request)
         require_ready(feed)
         return {"status": "ready", "feed": feed.target, "epoch": feed.epoch}
 
-    @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (text format)",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+    )
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

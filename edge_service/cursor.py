@@ -39,5 +39,5 @@ def parse_cursor(value: str) -> Cursor | str:
         return EARLIEST
     match = _CURSOR.fullmatch(value)
     if match is None or int(match[2]) >= 2**64:
-        raise MalformedCursor("Last-Event-ID is neither 'earliest' nor '<epoch>-<offset>'")
+        raise MalformedCursor("the resume cursor is neither 'earliest' nor '<epoch>-<offset>'")
     return Cursor(match[1], int(match[2]))

@@ -20,7 +20,8 @@ def parse_symbols(raw: list[str], limit: int) -> list[str]:
         raise Problem(400, "invalid-symbols", "Invalid symbols", "name at least one symbol")
     bad = [s for s in symbols if SYMBOL_PATTERN.fullmatch(s) is None]
     if bad:
-        shown = bad[0][:32] if bad[0].isprintable() else "(unprintable)"
+        shown = bad[0] if len(bad[0]) <= 40 else bad[0][:40] + "..."
+        shown = shown if shown.isprintable() else "(unprintable)"
         raise Problem(
             400,
             "invalid-symbols",

@@ -57,9 +57,11 @@ def main() -> int:
             "Ctrl-C stops both.\n",
             flush=True,
         )
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    stop(signal.SIGTERM, None)  # one ended (or Ctrl-C): stop the other too
     codes = [child.wait() for child in children]
-    stop(signal.SIGTERM, None)
-    return max(codes, default=0) if any(codes) else 0
+    return next((code for code in codes if code not in (0, -signal.SIGTERM)), 0)
 
 
 if __name__ == "__main__":
