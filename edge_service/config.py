@@ -47,6 +47,12 @@ class EdgeSettings(BaseSettings):
     upstream_linger: float = Field(
         5.0, ge=0, description="Seconds an upstream stays open after its last client leaves."
     )
+    upstream_stall_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds of silence (the feed heartbeats every second) after which an "
+        "upstream stream is presumed dead and reopened.",
+    )
     upstream_ready_timeout: float = Field(
         5.0, gt=0, description="Seconds a new SSE request waits for its upstream to connect."
     )

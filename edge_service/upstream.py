@@ -65,9 +65,14 @@ class SymbolUpstream:
     """
 
     def __init__(
-        self, symbol: str, stub: feed_pb2_grpc.FeedServiceStub, metrics: EdgeMetrics
+        self,
+        symbol: str,
+        stub: feed_pb2_grpc.FeedServiceStub,
+        metrics: EdgeMetrics,
+        stall_timeout: float,
     ) -> None:
         self.symbol = symbol
+        self._stall_timeout = stall_timeout
         self.epoch: str | None = None
         self.watermark = 0
         self.latest: dict[str, EncodedTick] = {}
@@ -104,14 +109,26 @@ class SymbolUpstream:
     async def _run(self) -> None:
         attempt = 0
         while True:
+            call = self._stub.Subscribe(self._request())
             try:
-                call = self._stub.Subscribe(self._request())
                 first = True
-                async for response in call:
+                while True:
+                    # The feed heartbeats every second on a quiet stream: silence longer than
+                    # stall_timeout means a dead (e.g. SIGSTOPped) feed or a black-holed link.
+                    async with asyncio.timeout(self._stall_timeout):
+                        response = await call.read()
+                    if response is grpc.aio.EOF:
+                        break
                     attempt = 0
                     self._handle(response, first)
                     first = False
                 log.warning("upstream %s: stream ended by the feed; reconnecting", self.symbol)
+            except TimeoutError:
+                log.warning(
+                    "upstream %s: no message for %.1fs; reconnecting",
+                    self.symbol,
+                    self._stall_timeout,
+                )
             except grpc.aio.AioRpcError as error:
                 if error.code() in TERMINAL_CODES:
                     self._close(f"{error.code().name}: {error.details()}")
@@ -122,6 +139,8 @@ class SymbolUpstream:
                     error.code().name,
                     error.details(),
                 )
+            finally:
+                call.cancel()
             self.connected = False
             self._metrics.upstream_reconnects.inc()
             await asyncio.sleep(backoff_delay(attempt))
@@ -182,9 +201,14 @@ class UpstreamPool:
     its last listener leaves."""
 
     def __init__(
-        self, stub: feed_pb2_grpc.FeedServiceStub, metrics: EdgeMetrics, linger: float
+        self,
+        stub: feed_pb2_grpc.FeedServiceStub,
+        metrics: EdgeMetrics,
+        linger: float,
+        stall_timeout: float,
     ) -> None:
         self._stub = stub
+        self._stall_timeout = stall_timeout
         self._metrics = metrics
         self._linger = linger
         self._upstreams: dict[str, SymbolUpstream] = {}
@@ -240,7 +264,7 @@ class UpstreamPool:
     def _open(self, symbol: str) -> SymbolUpstream:
         upstream = self._upstreams.get(symbol)
         if upstream is None or upstream.closed_reason is not None:
-            upstream = SymbolUpstream(symbol, self._stub, self._metrics)
+            upstream = SymbolUpstream(symbol, self._stub, self._metrics, self._stall_timeout)
             self._upstreams[symbol] = upstream
             self._metrics.upstreams.set(len(self._upstreams))
             upstream.start()
