@@ -62,7 +62,8 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 TypesQuery = Annotated[
-    str | None, Query(description="Comma-separated tick types: trade, quote (default both).")
+    list[str] | None,
+    Query(description="Comma-separated tick types: trade, quote (default both)."),
 ]
 SnapshotQuery = Annotated[
     bool, Query(description="Start with the latest trade and quote of each symbol.")
@@ -135,7 +136,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def open_stream(
         request: Request,
         raw_symbols: list[str],
-        types: str | None,
+        types: list[str] | None,
         snapshot: bool,
         last_event_id: str | None,
     ) -> EventSourceResponse:
@@ -225,7 +226,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def sse_many(
         request: Request,
         symbols: Annotated[
-            str, Query(description="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
+            list[str], Query(description="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
         ],
         types: TypesQuery = None,
         snapshot: SnapshotQuery = False,
@@ -233,7 +234,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         last_event_id_header: LastEventIdHeader = None,
     ) -> Response:
         return await open_stream(
-            request, [symbols], types, snapshot, last_event_id_header or last_event_id
+            request, symbols, types, snapshot, last_event_id_header or last_event_id
         )
 
     @app.get("/symbols", summary="Symbols the feed serves", responses=FEED_PROBLEMS)

@@ -12,10 +12,12 @@ KINDS = ("trade", "quote")
 
 
 def parse_symbols(raw: list[str], limit: int) -> list[str]:
-    """Symbols from path or ``symbols=A,B`` values: split on commas, duplicates counted once,
-    order kept. Raises Problem 400 when empty, malformed (detail shows the rule, never the
-    input at length) or more than ``limit``."""
-    symbols = list(dict.fromkeys(part.strip() for value in raw for part in value.split(",")))
+    """Symbols from the path or ``symbols=A,B`` values (repeated parameters add up): split on
+    commas, duplicates counted once, order kept, nothing trimmed.
+
+    Raises Problem 400 when empty, malformed (the detail shows the rule and at most 40
+    characters of the input) or more than ``limit``."""
+    symbols = list(dict.fromkeys(part for value in raw for part in value.split(",")))
     if not symbols or symbols == [""]:
         raise Problem(400, "invalid-symbols", "Invalid symbols", "name at least one symbol")
     bad = [s for s in symbols if SYMBOL_PATTERN.fullmatch(s) is None]
@@ -39,11 +41,12 @@ def parse_symbols(raw: list[str], limit: int) -> list[str]:
     return symbols
 
 
-def parse_types(raw: str | None) -> frozenset[str]:
-    """``types=trade,quote`` (default both). Raises Problem 400 for empty or unknown types."""
+def parse_types(raw: list[str] | None) -> frozenset[str]:
+    """``types=trade,quote`` values, repeated parameters adding up (absent: both). Raises
+    Problem 400 for an empty or unknown type."""
     if raw is None:
         return frozenset(KINDS)
-    kinds = {part.strip() for part in raw.split(",")}
+    kinds = {part for value in raw for part in value.split(",")}
     if not kinds or kinds - set(KINDS):
         raise Problem(
             400,

@@ -38,7 +38,7 @@ def problem_response(problem: Problem, instance: str) -> JSONResponse:
         "title": problem.title,
         "status": problem.status,
         "detail": problem.detail,
-        "instance": instance,
+        "instance": instance if len(instance) <= 200 else instance[:200] + "...",
         **problem.extra,
     }
     return JSONResponse(

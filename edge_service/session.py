@@ -45,6 +45,8 @@ class _SymbolState:
     # While catching up: live ticks held from the shared stream, and where holding began.
     buffer: deque[EncodedTick] = field(default_factory=deque)
     buffer_start: int = 0
+    # Where the upstream's stream restarted after its last reset.
+    reset_head: int = 0
 
 
 class ClientSession:
@@ -78,6 +80,8 @@ class ClientSession:
         self._closed = False
         self._catching_up = False
         self._catchup_task: asyncio.Task[None] | None = None
+        # A feed restart seen by some of our upstreams: (new epoch, reason, message).
+        self._epoch_change: tuple[str, str, str] | None = None
         self._metrics = metrics
         self._on_close = on_close
 
@@ -186,7 +190,9 @@ class ClientSession:
                 state.buffer_start = upstream.watermark
             return
         if upstream.epoch != self.epoch:
-            return  # a reset to the new epoch is under way
+            if self._epoch_change is not None and upstream.epoch == self._epoch_change[0]:
+                state.pending.extend(t for t in ticks if t.kind in kinds)
+            return
         if len(self._states) == 1:
             for tick in ticks:
                 if tick.offset > self.cursor and tick.kind in kinds:
@@ -204,15 +210,34 @@ class ClientSession:
             state.buffer.clear()
             state.buffer_start = upstream.watermark
             return
+        state.reset_head = upstream.watermark
         if upstream.epoch != self.epoch:
-            # The feed restarted: the first symbol to report it resets the whole stream.
-            self.epoch, self.cursor = upstream.epoch, upstream.watermark
-            for other in self._states.values():
-                other.pending.clear()
-            self._emit_reset(reason, message, self._states)
+            # The feed restarted. Ticks held from the old epoch cannot be ordered against the
+            # new one: drop them; the reset tells the client its state is stale.
+            if self._epoch_change is None:
+                for other in self._states.values():
+                    other.pending.clear()
+            assert upstream.epoch is not None
+            self._epoch_change = (upstream.epoch, reason, message)
+            self._finish_epoch_change()
         elif reason != "epoch_changed":
             self._emit_reset(reason, message, [upstream.symbol])
         self._release()
+
+    def _finish_epoch_change(self) -> None:
+        """Once every symbol's upstream is in the new epoch, resume after the highest point
+        any of them restarted at, so the reset's id is a complete cursor for all symbols."""
+        assert self._epoch_change is not None
+        epoch, reason, message = self._epoch_change
+        states = self._states.values()
+        if any(s.epoch != epoch for s in states):
+            return
+        self._epoch_change = None
+        self.epoch = epoch
+        self.cursor = max(s.reset_head for s in states)
+        for state in states:
+            state.pending = deque(t for t in state.pending if t.offset > self.cursor)
+        self._emit_reset(reason, message, self._states)
 
     def on_closed(self, upstream: SymbolUpstream, reason: str) -> None:
         self.end("symbol_unavailable", f"{upstream.symbol}: {reason}")

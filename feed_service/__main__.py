@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"feed_service: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"feed_service: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0

@@ -24,7 +24,9 @@ from .sources.synthetic import SyntheticSource
 log = logging.getLogger(__name__)
 
 FEED_SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
-KEEPALIVE_OPTIONS = [
+SERVER_OPTIONS = [
+    # One feed per port: without this gRPC sets SO_REUSEPORT and a second feed would share it.
+    ("grpc.so_reuseport", 0),
     # Accept client keepalive pings every 10 s or more, also on streams with no data.
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -52,7 +54,7 @@ class FeedServer:
         self.source = source or build_source(settings)
         self.servicer = FeedServicer(self.hub, self.metrics, settings.heartbeat_interval)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=KEEPALIVE_OPTIONS)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         feed_pb2_grpc.add_FeedServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -64,23 +66,29 @@ class FeedServer:
 
     async def start(self) -> None:
         """Bind the port (logging the address) and start loading and publishing the source."""
-        address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot bind {address}")
+        host = self.settings.host
+        shown_host = f"[{host}]" if ":" in host else host
+        if self.settings.metrics_port is not None:
+            try:
+                httpd, _ = start_http_server(
+                    self.settings.metrics_port, addr=host, registry=self.metrics.registry
+                )
+            except OSError as error:
+                port = self.settings.metrics_port
+                raise OSError(f"cannot serve metrics on port {port}: {error}") from None
+            self.metrics_port = httpd.server_port
+        address = f"{shown_host}:{self.settings.port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            raise OSError(f"cannot bind {address}: address in use or not available") from None
         for service in ("", FEED_SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        host = self.settings.host
-        shown_host = f"[{host}]" if ":" in host else host
         log.info(
             "feed_service listening on %s:%d (epoch %s)", shown_host, self.port, self.hub.epoch
         )
-        if self.settings.metrics_port is not None:
-            httpd, _ = start_http_server(
-                self.settings.metrics_port, addr=host, registry=self.metrics.registry
-            )
-            self.metrics_port = httpd.server_port
+        if self.metrics_port is not None:
             log.info("feed_service metrics on http://%s:%d/metrics", shown_host, self.metrics_port)
         self._source_task = asyncio.create_task(self._run_source(), name="feed-source")
 

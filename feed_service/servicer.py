@@ -68,6 +68,8 @@ def plan_subscription(request: feed_pb2.SubscribeRequest, hub: TickHub) -> Subsc
     if not types <= ALL_TYPES:
         raise InvalidRequest("types holds an unknown or unspecified TickType")
     start = request.WhichOneof("start") or "live"
+    if start == "earliest" and not request.earliest:
+        start = "live"  # earliest explicitly set to false
     after = request.after if start == "after" else None
     if after is not None and not after.epoch:
         raise InvalidRequest("after.epoch is empty: resume needs the epoch the offset came from")
@@ -155,18 +157,21 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     async def _stream(self, plan: SubscriptionPlan) -> AsyncIterator[feed_pb2.SubscribeResponse]:
         hub, history, metrics = self._hub, self._hub.history, self._metrics
         clock = asyncio.get_running_loop().time
-        # The start cursor and the first Heartbeat come from the same instant (no await between),
-        # so for a live start the Heartbeat's head_offset is exactly where the stream begins.
+        # The opening messages (Heartbeat, Reset, snapshot) and the start cursor are all taken at
+        # one instant, with no await in between: ticks published while they are being written
+        # come after the cursor, never inside the snapshot.
         cursor, reset = self._start_cursor(plan)
-        yield feed_pb2.SubscribeResponse(heartbeat=hub.heartbeat())
+        opening = [feed_pb2.SubscribeResponse(heartbeat=hub.heartbeat())]
         if reset is not None:
-            yield reset
+            opening.append(reset)
         if plan.snapshot and (plan.start == "live" or reset is not None):
             # Sent even when empty, so the client knows the snapshot is complete.
             response = feed_pb2.SubscribeResponse()
             response.ticks.ticks.extend(hub.snapshot(plan.symbols, plan.types))
             response.ticks.head_offset = cursor
-            yield response
+            opening.append(response)
+        for message in opening:
+            yield message
         symbols, types = plan.symbols, plan.types
         every_type = types == ALL_TYPES
         last_sent = clock()

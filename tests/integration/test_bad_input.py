@@ -29,6 +29,13 @@ EDGE_CASES = [
     ("/sse?symbols=BTCUSDT&snapshot=maybe", 422, "invalid-request"),
     ("/sse", 422, "invalid-request"),
     ("/sse/BTCUSDT?types=trade,,quote", 400, "invalid-types"),
+    ("/sse/BTCUSDT%0A", 400, "invalid-symbols"),
+    ("/sse/BTCUSDT%0D", 400, "invalid-symbols"),
+    ("/sse/BTCUSDT%20", 400, "invalid-symbols"),
+    ("/sse/%09BTCUSDT", 400, "invalid-symbols"),
+    ("/sse?symbols=BTCUSDT&symbols=NOPE", 404, "unknown-symbol"),
+    ("/sse?symbols=BTCUSDT&types=trade&types=bogus", 400, "invalid-types"),
+    ("/sse/" + "A" * 5000, 400, "invalid-symbols"),
 ]
 
 

@@ -39,21 +39,22 @@ def test_malformed_cursors_are_refused(value: str) -> None:
 
 
 def test_symbols_are_split_deduplicated_and_checked() -> None:
-    assert parse_symbols(["BTCUSDT,ETHUSDT, BTCUSDT"], 200) == ["BTCUSDT", "ETHUSDT"]
+    assert parse_symbols(["BTCUSDT,ETHUSDT", "BTCUSDT"], 200) == ["BTCUSDT", "ETHUSDT"]
     with pytest.raises(Problem) as raised:
         parse_symbols(["A,B,C"], 2)
     assert raised.value.status == 400 and raised.value.kind == "too-many-symbols"
-    for bad in ["", ",", "btc", "A B", "A\nB", "É", "A" * 33, "-A"]:
+    for bad in ["", ",", "btc", "A B", "A\nB", "É", "A" * 33, "-A", " A", "A\n", "A\t"]:
         with pytest.raises(Problem):
             parse_symbols([bad], 200)
 
 
 def test_types() -> None:
     assert parse_types(None) == {"trade", "quote"}
-    assert parse_types("trade") == {"trade"}
+    assert parse_types(["trade"]) == {"trade"}
+    assert parse_types(["trade", "quote"]) == {"trade", "quote"}
     for bad in ["", "trades", "trade,", "TRADE"]:
         with pytest.raises(Problem):
-            parse_types(bad)
+            parse_types([bad])
 
 
 def test_tick_event_is_one_json_line_with_id_and_name() -> None:

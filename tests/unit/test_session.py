@@ -119,3 +119,24 @@ async def test_feed_restart_sends_one_reset_then_new_epoch_ticks() -> None:
     deliver(client, a, [4], watermark=4)
     deliver(client, b, [], watermark=4)
     assert await offsets_sent(client) == [4]
+
+
+async def test_feed_restart_on_two_symbols_resets_after_the_later_restart_point() -> None:
+    """Regression: the reset id came from the first symbol to see the new epoch, so ticks of the
+    other symbol between the two restart points were never sent yet counted as delivered."""
+    a, b = FakeUpstream("A", watermark=50), FakeUpstream("B", watermark=50)
+    client = session(["A", "B"])
+    client.begin_live([a, b], snapshot=False)  # type: ignore[list-item]
+    a.epoch, a.watermark = "e2", 3
+    client.on_reset(a, "epoch_changed", "feed restarted")  # type: ignore[arg-type]
+    a.watermark = 5
+    client.on_ticks(a, [tick("A", 4), tick("A", 5)])  # type: ignore[arg-type]
+    assert not client._queue, "no reset before every symbol is in the new epoch"
+    b.epoch, b.watermark = "e2", 6
+    client.on_reset(b, "epoch_changed", "feed restarted")  # type: ignore[arg-type]
+    chunk = await client.next_chunk()
+    assert chunk is not None and chunk.count(b"event: reset") == 1
+    assert b"id: e2-6" in chunk, "the cursor is the later restart point"
+    deliver(client, a, [7], watermark=7)
+    deliver(client, b, [], watermark=7)
+    assert await offsets_sent(client) == [7]
