@@ -1,0 +1,109 @@
+"""A feed killed and restarted under streaming clients: the edge stays up, clients get one
+reset then live ticks, and the reset's id is a complete cursor (issue 3, behaviour 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import Stack
+from tests.support import (
+    BTC_FILE,
+    ETH_FILE,
+    SseEvent,
+    collect,
+    iter_events,
+    replay_args,
+    start_edge,
+    start_feed,
+)
+
+FEED_ARGS = replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True)
+TICKS = ("trade", "quote")
+
+
+@pytest.fixture
+def restartable_stack() -> Iterator[Stack]:
+    feed = start_feed(*FEED_ARGS)
+    edge = start_edge(feed.port)
+    stack = Stack(feed, edge)
+    try:
+        yield stack
+    finally:
+        stack.edge.stop()
+        stack.feed.stop()
+
+
+async def _follow(http: httpx.AsyncClient, url: str, out: list[SseEvent], after_reset: int) -> None:
+    """Collect events until ``after_reset`` ticks have followed a reset."""
+    seen = 0
+    reset = False
+    async with http.stream("GET", url) as response:
+        assert response.status_code == 200
+        async for event in iter_events(response):
+            out.append(event)
+            reset = reset or event.event == "reset"
+            if reset and event.event in TICKS:
+                seen += 1
+                if seen >= after_reset:
+                    return
+
+
+async def _wait_status(http: httpx.AsyncClient, url: str, status: int) -> httpx.Response:
+    async with asyncio.timeout(20):
+        while True:
+            response = await http.get(url)
+            if response.status_code == status:
+                return response
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "path", ["/sse/BTCUSDT", "/sse?symbols=BTCUSDT,ETHUSDT"], ids=["one", "two"]
+)
+async def test_feed_killed_and_restarted_under_clients(
+    restartable_stack: Stack, http: httpx.AsyncClient, path: str
+) -> None:
+    stack = restartable_stack
+    url = stack.base_url + path
+    streams: list[list[SseEvent]] = [[] for _ in range(5)]
+    followers = [asyncio.create_task(_follow(http, url, out, 300)) for out in streams]
+    async with asyncio.timeout(20):
+        while not all(len(out) > 20 for out in streams):  # noqa: ASYNC110 - polling lists
+            await asyncio.sleep(0.05)
+
+    old_port = stack.feed.port
+    stack.feed.signal(signal.SIGKILL)
+    stack.feed.popen.wait()
+    await _wait_status(http, f"{stack.base_url}/readyz", 503)
+    refused = await http.get(url)
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"]
+    assert refused.json()["type"].endswith("/feed-unavailable")
+
+    stack.feed = start_feed(*FEED_ARGS, port=old_port)
+    await _wait_status(http, f"{stack.base_url}/readyz", 200)
+    await asyncio.wait_for(asyncio.gather(*followers), 60)
+    assert stack.edge.alive
+
+    for out in streams:
+        resets = [i for i, e in enumerate(out) if e.event == "reset"]
+        assert len(resets) == 1, "exactly one reset per stream"
+        reset = out[resets[0]]
+        assert '"reason":"epoch_changed"' in reset.data
+        before = [e.offset for e in out[: resets[0]] if e.event in TICKS]
+        after = [e.offset for e in out[resets[0] + 1 :] if e.event in TICKS]
+        assert before == sorted(set(before)) and after == sorted(set(after))
+        assert after[0] > reset.offset, "live ticks continue after the reset's cursor"
+
+    # The reset's id is a complete cursor: resuming from it gives exactly what the live
+    # stream delivered after the reset, nothing skipped.
+    out = streams[0]
+    index = next(i for i, e in enumerate(out) if e.event == "reset")
+    live_after = [e for e in out[index + 1 :] if e.event in TICKS][:200]
+    resumed = await collect(http, url, 200, headers={"Last-Event-ID": str(out[index].id)})
+    assert [e.id for e in resumed if e.event in TICKS] == [e.id for e in live_after]
