@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
+import anyio
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -36,6 +39,7 @@ from .upstream import UpstreamPool, UpstreamUnavailable
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "2"
+SHUTDOWN_GRACE_S = 2.0  # for each stream to send its final event once shutdown starts
 SSE_DESCRIPTION = (
     "Server-Sent Events (WHATWG HTML, 'Server-sent events'). Each tick is `event: trade` or "
     "`event: quote` with `id: <epoch>-<offset>` and `data:` one line of JSON (the proto3 JSON "
@@ -80,12 +84,22 @@ LastEventIdHeader = Annotated[
 ]
 
 
-async def _sse_body(session: ClientSession, preamble: bytes) -> AsyncIterator[bytes]:
+async def _sse_body(
+    session: ClientSession, preamble: bytes, shutdown: anyio.Event, retry_ms: int
+) -> AsyncIterator[bytes]:
+    async def end_on_shutdown() -> None:
+        await shutdown.wait()
+        # Spread the reconnects of all clients over a few retry periods.
+        jittered = random.randint(retry_ms, max(retry_ms, 1) * 4)
+        session.end("shutdown", "the edge is restarting; reconnect", retry_ms=jittered)
+
+    watcher = asyncio.create_task(end_on_shutdown())
     try:
         yield preamble
         while (chunk := await session.next_chunk()) is not None:
             yield chunk
     finally:
+        watcher.cancel()
         session.close()
 
 
@@ -190,8 +204,11 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             session.begin_live(upstreams, snapshot, reset)
         else:
             session.begin_resume(upstreams, start, snapshot, feed.stub)
+        shutdown = anyio.Event()
         return EventSourceResponse(
-            _sse_body(session, encode_preamble(settings.retry_ms)),
+            _sse_body(session, encode_preamble(settings.retry_ms), shutdown, settings.retry_ms),
+            shutdown_event=shutdown,
+            shutdown_grace_period=SHUTDOWN_GRACE_S,
             headers={"Cache-Control": "no-cache"},
             ping=settings.ping_interval,
             sep="\n",

@@ -46,9 +46,13 @@ def encode_tick(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
     return EncodedTick(tick.offset, tick.symbol, kind, frame)
 
 
-def encode_control(event: str, payload: dict[str, Any], event_id: str | None = None) -> bytes:
+def encode_control(
+    event: str, payload: dict[str, Any], event_id: str | None = None, retry_ms: int | None = None
+) -> bytes:
     """A control event (``reset``, ``disconnect``) with a one-line JSON ``data``."""
-    return ServerSentEvent(data=_json(payload), event=event, id=event_id, sep=SEP).encode()
+    return ServerSentEvent(
+        data=_json(payload), event=event, id=event_id, retry=retry_ms, sep=SEP
+    ).encode()
 
 
 def encode_preamble(retry_ms: int) -> bytes:

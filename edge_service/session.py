@@ -157,12 +157,15 @@ class ClientSession:
                 f"more than {self._queue_limit} events queued; reconnect with Last-Event-ID",
             )
 
-    def end(self, reason: str, message: str) -> None:
-        """Finish the stream with a ``disconnect`` event after what is queued."""
+    def end(self, reason: str, message: str, retry_ms: int | None = None) -> None:
+        """Finish the stream with a ``disconnect`` event after what is queued; ``retry_ms``
+        adds a ``retry:`` field telling the client when to reconnect."""
         if self._ended:
             return
         self._metrics.disconnects.labels(reason).inc()
-        self._final = encode_control("disconnect", {"reason": reason, "message": message})
+        self._final = encode_control(
+            "disconnect", {"reason": reason, "message": message}, retry_ms=retry_ms
+        )
         self._ended = True
         self._wakeup.set()
 

@@ -183,6 +183,7 @@ class SseEvent:
     event: str
     data: str
     id: str | None
+    retry: int | None = None
 
     @property
     def offset(self) -> int:
@@ -192,12 +193,12 @@ class SseEvent:
 
 async def iter_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
     """Parse an SSE body into events; comments and retry-only blocks are skipped."""
-    event, data, event_id = "message", [], None
+    event, data, event_id, retry = "message", [], None, None
     async for line in response.aiter_lines():
         if line == "":
             if data:
-                yield SseEvent(event, "\n".join(data), event_id)
-            event, data = "message", []
+                yield SseEvent(event, "\n".join(data), event_id, retry)
+            event, data, retry = "message", [], None
             continue
         if line.startswith(":"):
             continue
@@ -209,6 +210,8 @@ async def iter_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
             data.append(value)
         elif name == "id":
             event_id = value
+        elif name == "retry" and value.isdigit():
+            retry = int(value)
 
 
 async def collect(

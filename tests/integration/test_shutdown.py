@@ -1,0 +1,79 @@
+"""Graceful shutdown: SIGTERM ends every stream with a reason, and the process exits
+(issue 3, behaviour 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+import grpc
+import httpx
+import pytest
+from tickstream.v1 import feed_pb2, feed_pb2_grpc
+
+from tests.support import SseEvent, iter_events, start_edge, start_feed
+
+STREAMS = 500
+
+
+async def _until_end(
+    http: httpx.AsyncClient, url: str, opened: asyncio.Queue[None]
+) -> list[SseEvent]:
+    events: list[SseEvent] = []
+    async with http.stream("GET", url) as response:
+        assert response.status_code == 200
+        await opened.put(None)
+        async for event in iter_events(response):
+            events.append(event)
+    return events
+
+
+async def test_edge_sigterm_sends_every_client_a_jittered_farewell_and_exits() -> None:
+    feed = start_feed("--rate", "20")
+    edge = start_edge(feed.port)
+    try:
+        limits = httpx.Limits(max_connections=STREAMS + 10)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+            opened: asyncio.Queue[None] = asyncio.Queue()
+            url = f"http://127.0.0.1:{edge.port}/sse?symbols=AAPL,MSFT"
+            clients = [asyncio.create_task(_until_end(http, url, opened)) for _ in range(STREAMS)]
+            async with asyncio.timeout(60):
+                for _ in range(STREAMS):
+                    await opened.get()
+            edge.signal(signal.SIGTERM)
+            results = await asyncio.wait_for(asyncio.gather(*clients), 30)
+        # uvicorn re-raises the SIGTERM it handled once shutdown is complete.
+        assert edge.popen.wait(timeout=15) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in edge.output()
+        retries = []
+        for events in results:
+            final = events[-1]
+            assert final.event == "disconnect"
+            assert json.loads(final.data)["reason"] == "shutdown"
+            assert final.retry is not None and 2_000 <= final.retry <= 8_000
+            retries.append(final.retry)
+        assert len(set(retries)) > STREAMS // 4, "reconnects are spread out, not synchronized"
+    finally:
+        edge.kill()
+        feed.stop()
+
+
+async def test_feed_sigterm_ends_streams_with_unavailable_and_exits() -> None:
+    feed = start_feed("--rate", "20")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{feed.port}") as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            calls = [stub.Subscribe(feed_pb2.SubscribeRequest(symbols=["AAPL"])) for _ in range(20)]
+            for call in calls:
+                await call.read()  # the opening heartbeat: the stream is up
+            feed.signal(signal.SIGTERM)
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    async with asyncio.timeout(10):
+                        while await call.read() is not grpc.aio.EOF:
+                            pass
+                assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert feed.popen.wait(timeout=15) == 0
+    finally:
+        feed.kill()
