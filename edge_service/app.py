@@ -111,7 +111,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         feed = FeedClient(settings.feed_target, metrics, settings.feed_check_interval)
         pool = UpstreamPool(
-            feed.stub, metrics, settings.upstream_linger, settings.upstream_stall_timeout
+            feed.sync_stub, metrics, settings.upstream_linger, settings.upstream_stall_timeout
         )
         app.state.feed, app.state.pool = feed, pool
         feed.start()

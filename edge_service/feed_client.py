@@ -40,6 +40,9 @@ class FeedClient:
         self.target = target
         self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = feed_pb2_grpc.FeedServiceStub(self.channel)
+        # Blocking twin for the upstream reader threads (see upstream.SymbolUpstream).
+        self.sync_channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.sync_stub = feed_pb2_grpc.FeedServiceStub(self.sync_channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._metrics = metrics
         self._interval = check_interval
@@ -58,6 +61,7 @@ class FeedClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.channel.close(grace=None)
+        self.sync_channel.close()
 
     async def check(self) -> bool:
         """One health check (and symbol refresh when due); returns and records readiness."""

@@ -30,7 +30,7 @@ from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 from .cursor import EARLIEST, Cursor, format_event_id
 from .encoding import EncodedTick, encode_control, encode_tick
 from .metrics import EdgeMetrics
-from .upstream import SymbolUpstream
+from .upstream import SymbolUpstream, TickDispatch
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class ClientSession:
         self.cursor = 0  # every tick of ours up to this offset (in self.epoch) was queued
         self._states: dict[str, _SymbolState] = {}
         self._queue: deque[bytes] = deque()
+        self._queued = 0  # events in _queue (an entry may hold several)
         self._queue_limit = queue_limit
         self._catchup_limit = catchup_limit
         self._wakeup = asyncio.Event()
@@ -139,19 +140,22 @@ class ClientSession:
                 return None
             self._wakeup.clear()
             await self._wakeup.wait()
-        count = len(self._queue)
-        chunk = b"".join(self._queue)
+        count, self._queued = self._queued, 0
+        chunk = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
         self._queue.clear()
         self._metrics.events_sent.inc(count)
         return chunk
 
-    def _push(self, frame: bytes) -> None:
+    def _push(self, frames: bytes, count: int = 1) -> None:
+        """Queue ``count`` events' bytes; over the limit the client is a slow consumer."""
         if self._ended:
             return
-        self._queue.append(frame)
+        self._queue.append(frames)
+        self._queued += count
         self._wakeup.set()
-        if len(self._queue) > self._queue_limit:
+        if self._queued > self._queue_limit:
             self._queue.clear()
+            self._queued = 0
             self.end(
                 "slow_consumer",
                 f"more than {self._queue_limit} events queued; reconnect with Last-Event-ID",
@@ -182,7 +186,8 @@ class ClientSession:
 
     # ----- upstream callbacks --------------------------------------------------------------
 
-    def on_ticks(self, upstream: SymbolUpstream, ticks: list[EncodedTick]) -> None:
+    def on_ticks(self, upstream: SymbolUpstream, dispatch: TickDispatch) -> None:
+        ticks = dispatch.ticks
         state = self._states[upstream.symbol]
         state.epoch, state.watermark = upstream.epoch, upstream.watermark
         kinds = self.kinds
@@ -197,9 +202,14 @@ class ClientSession:
                 state.pending.extend(t for t in ticks if t.kind in kinds)
             return
         if len(self._states) == 1:
-            for tick in ticks:
-                if tick.offset > self.cursor and tick.kind in kinds:
-                    self._push(tick.frame)
+            if ticks and ticks[0].offset <= self.cursor:  # just after a resume splice
+                for tick in ticks:
+                    if tick.offset > self.cursor and tick.kind in kinds:
+                        self._push(tick.frame)
+            else:  # the steady state: bytes joined once per dispatch, shared by all clients
+                frames, count = dispatch.frames(kinds)
+                if count:
+                    self._push(frames, count)
             self.cursor = max(self.cursor, upstream.watermark)
             return
         state.pending.extend(t for t in ticks if t.offset > self.cursor and t.kind in kinds)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
+import threading
+from collections import deque
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -34,10 +35,32 @@ class UpstreamUnavailable(Exception):
     """The feed did not open a symbol's stream in time (the edge answers 503)."""
 
 
+class TickDispatch:
+    """The live ticks an upstream hands its listeners at once, in offset order.
+
+    ``frames(kinds)`` joins the SSE bytes of the ticks of ``kinds`` once per dispatch; every
+    single-symbol client of those kinds shares the result.
+    """
+
+    __slots__ = ("_frames", "ticks")
+
+    def __init__(self, ticks: list[EncodedTick]) -> None:
+        self.ticks = ticks
+        self._frames: dict[frozenset[str], tuple[bytes, int]] = {}
+
+    def frames(self, kinds: frozenset[str]) -> tuple[bytes, int]:
+        """The joined frames of the ticks whose kind is in ``kinds``, and how many."""
+        joined = self._frames.get(kinds)
+        if joined is None:
+            chosen = [t.frame for t in self.ticks if t.kind in kinds]
+            joined = self._frames[kinds] = (b"".join(chosen), len(chosen))
+        return joined
+
+
 class UpstreamListener(Protocol):
     """What an upstream calls; every call is synchronous and must not block."""
 
-    def on_ticks(self, upstream: SymbolUpstream, ticks: list[EncodedTick]) -> None:
+    def on_ticks(self, upstream: SymbolUpstream, dispatch: TickDispatch) -> None:
         """Live ticks after the previous watermark (possibly none: progress only)."""
 
     def on_reset(self, upstream: SymbolUpstream, reason: str, message: str) -> None:
@@ -54,6 +77,9 @@ def backoff_delay(attempt: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+_CONNECTED = object()  # inbox marker: the next message opens a new call
+
+
 class SymbolUpstream:
     """The edge's single subscription to one symbol, shared by every client of that symbol.
 
@@ -62,6 +88,11 @@ class SymbolUpstream:
     bytes once here; listeners share the bytes. After a transport failure it resubscribes after
     its watermark, so listeners see no gap when the feed's history covers the outage, and a
     ``reset`` otherwise.
+
+    The gRPC stream is read by a thread of its own (a blocking iterator), so reading never waits
+    for a busy event loop: the thread queues messages and the loop drains all that arrived in
+    one go and dispatches them to listeners as one :class:`TickDispatch`. The busier the loop,
+    the larger the dispatches; at light load each tick is dispatched alone, at once.
     """
 
     def __init__(
@@ -72,7 +103,6 @@ class SymbolUpstream:
         stall_timeout: float,
     ) -> None:
         self.symbol = symbol
-        self._stall_timeout = stall_timeout
         self.epoch: str | None = None
         self.watermark = 0
         self.latest: dict[str, EncodedTick] = {}
@@ -82,111 +112,182 @@ class SymbolUpstream:
         self.closed_reason: str | None = None
         self._stub = stub
         self._metrics = metrics
-        self._task: asyncio.Task[None] | None = None
+        self._stall_timeout = stall_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._call: grpc.Future | None = None
+        # (epoch, watermark) as one tuple, so the reader thread reads a consistent pair.
+        self._position: tuple[str | None, int] = (None, 0)
+        self._inbox: deque[object] = deque()
+        self._drain_scheduled = False
+        self._first = False
+        self._last_message = 0.0
+        self._watchdog: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"upstream-{self.symbol}")
+        self._loop = asyncio.get_running_loop()
+        self._last_message = self._loop.time()
+        self._thread = threading.Thread(
+            target=self._read_forever, name=f"upstream-{self.symbol}", daemon=True
+        )
+        self._thread.start()
+        self._watchdog = asyncio.create_task(self._watch(), name=f"watchdog-{self.symbol}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Cancel the stream and wait (bounded) for the reader thread to end."""
+        self._stopping.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
 
     def snapshot(self, kinds: Iterable[str]) -> list[EncodedTick]:
         """The latest encoded tick of each kind in ``kinds`` that has one."""
         return [tick for kind in kinds if (tick := self.latest.get(kind)) is not None]
 
+    # ----- reader thread -------------------------------------------------------------------
+
     def _request(self) -> feed_pb2.SubscribeRequest:
         request = feed_pb2.SubscribeRequest(
             symbols=[self.symbol], snapshot=True, progress_updates=True
         )
-        if self.epoch is not None:
-            request.after.epoch = self.epoch
-            request.after.offset = self.watermark
+        epoch, watermark = self._position
+        if epoch is not None:
+            request.after.epoch = epoch
+            request.after.offset = watermark
         return request
 
-    async def _run(self) -> None:
-        attempt = 0
-        while True:
-            call = self._stub.Subscribe(self._request())
+    def _post(self, item: object) -> None:
+        self._inbox.append(item)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            assert self._loop is not None
             try:
-                first = True
-                while True:
-                    # The feed heartbeats every second on a quiet stream: silence longer than
-                    # stall_timeout means a dead (e.g. SIGSTOPped) feed or a black-holed link.
-                    async with asyncio.timeout(self._stall_timeout):
-                        response = await call.read()
-                    if response is grpc.aio.EOF:
-                        break
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop closed under us: shutting down
+                self._stopping.set()
+
+    def _read_forever(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            call = self._stub.Subscribe(self._request())
+            self._call = call
+            self._post(_CONNECTED)
+            try:
+                for response in call:
                     attempt = 0
-                    self._handle(response, first)
-                    first = False
-                log.warning("upstream %s: stream ended by the feed; reconnecting", self.symbol)
-            except TimeoutError:
-                log.warning(
-                    "upstream %s: no message for %.1fs; reconnecting",
-                    self.symbol,
-                    self._stall_timeout,
-                )
-            except grpc.aio.AioRpcError as error:
-                if error.code() in TERMINAL_CODES:
-                    self._close(f"{error.code().name}: {error.details()}")
+                    self._post(response)
+                if not self._stopping.is_set():
+                    log.warning("upstream %s: stream ended by the feed; reconnecting", self.symbol)
+            except grpc.RpcError as error:
+                if self._stopping.is_set():
+                    return
+                code = error.code()
+                if code in TERMINAL_CODES:
+                    self._post(f"{code.name}: {error.details()}")
                     return
                 log.warning(
-                    "upstream %s: %s (%s); reconnecting",
-                    self.symbol,
-                    error.code().name,
-                    error.details(),
+                    "upstream %s: %s (%s); reconnecting", self.symbol, code.name, error.details()
                 )
-            finally:
-                call.cancel()
-            self.connected = False
-            self._metrics.upstream_reconnects.inc()
-            await asyncio.sleep(backoff_delay(attempt))
+            self._post(None)  # disconnected
+            if self._stopping.wait(backoff_delay(attempt)):
+                return
             attempt += 1
 
-    def _handle(self, response: feed_pb2.SubscribeResponse, first: bool) -> None:
-        kind = response.WhichOneof("event")
-        if kind == "ticks":
-            self._on_batch(response.ticks)
-            self.ready.set()
-        elif kind == "heartbeat":
-            beat = response.heartbeat
-            if first:
-                self.connected = True
-                if self.epoch is None:
-                    # Ready once the snapshot batch that follows has filled ``latest``.
-                    self.epoch, self.watermark = beat.epoch, beat.head_offset
-                    log.info(
-                        "upstream %s: subscribed at %s-%d", self.symbol, self.epoch, self.watermark
-                    )
-            elif beat.epoch == self.epoch and beat.head_offset > self.watermark:
-                self._advance([], beat.head_offset)
-        elif kind == "reset":
-            reset = response.reset
-            reason = feed_pb2.ResetReason.Name(reset.reason).removeprefix("RESET_REASON_").lower()
-            log.warning("upstream %s: reset (%s): %s", self.symbol, reason, reset.message)
-            self.epoch, self.watermark = reset.epoch, reset.head_offset
-            self.latest.clear()
-            for listener in list(self.listeners):
-                listener.on_reset(self, reason, reset.message)
+    # ----- event loop ----------------------------------------------------------------------
 
-    def _on_batch(self, batch: feed_pb2.TickBatch) -> None:
+    async def _watch(self) -> None:
+        """Cancel a call that stays silent past ``stall_timeout`` (the feed heartbeats every
+        second): a SIGSTOPped feed or a black-holed link; the reader thread then reconnects."""
+        assert self._loop is not None
+        while True:
+            await asyncio.sleep(min(1.0, self._stall_timeout / 2))
+            silent = self._loop.time() - self._last_message
+            if silent > self._stall_timeout and self._call is not None:
+                log.warning("upstream %s: no message for %.1fs; reconnecting", self.symbol, silent)
+                self._last_message = self._loop.time()
+                self._call.cancel()
+
+    def _drain(self) -> None:
+        """Handle everything the reader queued, dispatching the live ticks once."""
+        self._drain_scheduled = False
+        assert self._loop is not None
+        self._last_message = self._loop.time()
+        live: list[EncodedTick] = []
+        progressed = False
+        inbox = self._inbox
+        while inbox:
+            item = inbox.popleft()
+            if item is _CONNECTED:
+                self._first = True
+            elif item is None:
+                self.connected = False
+                self._metrics.upstream_reconnects.inc()
+            elif isinstance(item, str):
+                self._flush(live, progressed)
+                live, progressed = [], False
+                self._close(item)
+                return
+            else:
+                assert isinstance(item, feed_pb2.SubscribeResponse)
+                kind = item.WhichOneof("event")
+                first, self._first = self._first, False
+                if kind == "ticks":
+                    self._take_batch(item.ticks, live)
+                    progressed = True
+                elif kind == "heartbeat":
+                    progressed = self._on_heartbeat(item.heartbeat, first) or progressed
+                elif kind == "reset":
+                    self._flush(live, progressed)
+                    live, progressed = [], False
+                    self._on_reset(item.reset)
+        self._flush(live, progressed)
+
+    def _on_heartbeat(self, beat: feed_pb2.Heartbeat, first: bool) -> bool:
+        if first:
+            self.connected = True
+            if self.epoch is None:
+                # Ready once the snapshot batch that follows has filled ``latest``.
+                self.epoch, self.watermark = beat.epoch, beat.head_offset
+                self._position = (self.epoch, self.watermark)
+                log.info("upstream %s: subscribed at %s-%d", self.symbol, *self._position)
+            return False
+        if beat.epoch == self.epoch and beat.head_offset > self.watermark:
+            self.watermark = beat.head_offset
+            return True
+        return False
+
+    def _on_reset(self, reset: feed_pb2.Reset) -> None:
+        reason = feed_pb2.ResetReason.Name(reset.reason).removeprefix("RESET_REASON_").lower()
+        log.warning("upstream %s: reset (%s): %s", self.symbol, reason, reset.message)
+        self.epoch, self.watermark = reset.epoch, reset.head_offset
+        self._position = (self.epoch, self.watermark)
+        self.latest.clear()
+        for listener in list(self.listeners):
+            listener.on_reset(self, reason, reset.message)
+
+    def _take_batch(self, batch: feed_pb2.TickBatch, live: list[EncodedTick]) -> None:
         assert self.epoch is not None
         epoch, watermark = self.epoch, self.watermark
-        live: list[EncodedTick] = []
         for tick in batch.ticks:
             encoded = encode_tick(tick, epoch)
             self.latest[encoded.kind] = encoded
             if tick.offset > watermark:
                 live.append(encoded)
-        self._advance(live, max(watermark, batch.head_offset))
+        self.watermark = max(watermark, batch.head_offset)
+        self.ready.set()
 
-    def _advance(self, live: list[EncodedTick], watermark: int) -> None:
-        self.watermark = watermark
+    def _flush(self, live: list[EncodedTick], progressed: bool) -> None:
+        if not (live or progressed):
+            return
+        self._position = (self.epoch, self.watermark)
+        dispatch = TickDispatch(live)
         for listener in list(self.listeners):
-            listener.on_ticks(self, live)
+            listener.on_ticks(self, dispatch)
 
     def _close(self, reason: str) -> None:
         log.warning("upstream %s: closed: %s", self.symbol, reason)

@@ -10,6 +10,7 @@ from tickstream.v1 import tick_pb2
 from edge_service.encoding import EncodedTick, encode_tick
 from edge_service.metrics import EdgeMetrics
 from edge_service.session import ClientSession
+from edge_service.upstream import TickDispatch
 
 EPOCH = "e1"
 
@@ -51,7 +52,7 @@ def deliver(
     client: ClientSession, upstream: FakeUpstream, offsets: list[int], watermark: int
 ) -> None:
     upstream.watermark = watermark
-    client.on_ticks(upstream, [tick(upstream.symbol, o) for o in offsets])  # type: ignore[arg-type]
+    client.on_ticks(upstream, TickDispatch([tick(upstream.symbol, o) for o in offsets]))  # type: ignore[arg-type]
 
 
 async def offsets_sent(client: ClientSession) -> list[int]:
@@ -130,7 +131,7 @@ async def test_feed_restart_on_two_symbols_resets_after_the_later_restart_point(
     a.epoch, a.watermark = "e2", 3
     client.on_reset(a, "epoch_changed", "feed restarted")  # type: ignore[arg-type]
     a.watermark = 5
-    client.on_ticks(a, [tick("A", 4), tick("A", 5)])  # type: ignore[arg-type]
+    client.on_ticks(a, TickDispatch([tick("A", 4), tick("A", 5)]))  # type: ignore[arg-type]
     assert not client._queue, "no reset before every symbol is in the new epoch"
     b.epoch, b.watermark = "e2", 6
     client.on_reset(b, "epoch_changed", "feed restarted")  # type: ignore[arg-type]
