@@ -244,3 +244,12 @@ def services(*started: ServiceProcess) -> Iterator[tuple[ServiceProcess, ...]]:
     finally:
         for service in reversed(started):
             service.stop()
+
+
+async def wait_for_status(
+    http: httpx.AsyncClient, url: str, status: int, within: float = 20
+) -> None:
+    """Poll ``url`` until it answers ``status``; TimeoutError after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while (await http.get(url)).status_code != status:  # noqa: ASYNC110 - HTTP polling
+            await asyncio.sleep(0.1)

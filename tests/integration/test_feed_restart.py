@@ -21,6 +21,7 @@ from tests.support import (
     replay_args,
     start_edge,
     start_feed,
+    wait_for_status,
 )
 
 FEED_ARGS = replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True)
@@ -56,15 +57,6 @@ async def _follow(http: httpx.AsyncClient, url: str, out: list[SseEvent], after_
                     return
 
 
-async def _wait_status(http: httpx.AsyncClient, url: str, status: int) -> httpx.Response:
-    async with asyncio.timeout(20):
-        while True:
-            response = await http.get(url)
-            if response.status_code == status:
-                return response
-            await asyncio.sleep(0.1)
-
-
 @pytest.mark.parametrize(
     "path", ["/sse/BTCUSDT", "/sse?symbols=BTCUSDT,ETHUSDT"], ids=["one", "two"]
 )
@@ -82,14 +74,14 @@ async def test_feed_killed_and_restarted_under_clients(
     old_port = stack.feed.port
     stack.feed.signal(signal.SIGKILL)
     stack.feed.popen.wait()
-    await _wait_status(http, f"{stack.base_url}/readyz", 503)
+    await wait_for_status(http, f"{stack.base_url}/readyz", 503)
     refused = await http.get(url)
     assert refused.status_code == 503
     assert refused.headers["retry-after"]
     assert refused.json()["type"].endswith("/feed-unavailable")
 
     stack.feed = start_feed(*FEED_ARGS, port=old_port)
-    await _wait_status(http, f"{stack.base_url}/readyz", 200)
+    await wait_for_status(http, f"{stack.base_url}/readyz", 200)
     await asyncio.wait_for(asyncio.gather(*followers), 60)
     assert stack.edge.alive
     # One upstream per symbol came back, not one per client: no reconnect storm.
