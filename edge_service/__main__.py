@@ -17,18 +17,29 @@ from .config import EdgeSettings
 log = logging.getLogger("edge_service")
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ``host:port`` (0 = a free port). Raises OSError."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def bind_socket(settings: EdgeSettings) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` (0 = a free port). Raises OSError.
+
+    Accepted connections inherit its options (Linux): a bounded kernel send buffer
+    (``--socket-send-buffer``), so a client that stops reading backs up into the edge's own
+    bounded queue quickly; and TCP_USER_TIMEOUT = ``--send-timeout``, so a client that vanished
+    without a FIN (its data never acknowledged) is dropped by the kernel.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    if settings.socket_send_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        timeout_ms = int(settings.send_timeout * 1000)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
+    sock.bind((settings.host, settings.port))
     return sock
 
 
 async def serve(settings: EdgeSettings) -> None:
     """Run uvicorn (httptools) on the edge app until SIGTERM or SIGINT."""
-    sock = bind_socket(settings.host, settings.port)
+    sock = bind_socket(settings)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         create_app(settings),

@@ -194,6 +194,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             symbols,
             kinds,
             queue_limit=settings.client_queue_events,
+            queue_bytes_limit=settings.client_queue_bytes,
             catchup_limit=settings.catchup_buffer_events,
             metrics=metrics,
             on_close=release,

@@ -30,6 +30,11 @@ class EdgeSettings(BaseSettings):
         ge=10,
         description="Events a client may have queued before it is disconnected as a slow consumer.",
     )
+    client_queue_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=4096,
+        description="Bytes a client may have queued before it is disconnected as a slow consumer.",
+    )
     catchup_buffer_events: int = Field(
         50_000,
         ge=10,
@@ -43,6 +48,11 @@ class EdgeSettings(BaseSettings):
     )
     send_timeout: float = Field(
         30.0, gt=0, description="Seconds one write to a client may block before it is dropped."
+    )
+    socket_send_buffer: int = Field(
+        262_144,
+        ge=0,
+        description="Kernel send buffer per client connection in bytes (0 = the OS default).",
     )
     upstream_linger: float = Field(
         5.0, ge=0, description="Seconds an upstream stays open after its last client leaves."

@@ -31,6 +31,11 @@ class EdgeMetrics:
         self.events_sent = Counter(
             "tickstream_edge_events_sent", "SSE events queued to clients.", registry=self.registry
         )
+        self.conflated = Counter(
+            "tickstream_edge_conflated_quotes",
+            "Queued quotes replaced by a newer quote of the same symbol for a client behind.",
+            registry=self.registry,
+        )
         self.disconnects = Counter(
             "tickstream_edge_disconnects",
             "SSE streams ended by the edge, by reason.",

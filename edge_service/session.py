@@ -11,8 +11,12 @@ so the id of the last event it saw is a complete resume cursor, for one symbol o
   Once the private stream has passed the point where the buffer began, the client switches to the
   shared stream, dropping buffered ticks it already has: no gap, no duplicate.
 
-Slow consumer policy: a client with more than ``queue_limit`` events queued is disconnected with
-a final ``disconnect`` event (reason ``slow_consumer``); it resumes with Last-Event-ID.
+Slow consumer policy (each client's queue is bounded in events and bytes):
+- past half the event limit the client is "behind": a new quote replaces the quote of the same
+  symbol still queued (latest wins; the quote ``sequence`` then jumps); trades are never dropped;
+- past the event or the byte limit it is disconnected with a final ``disconnect`` event (reason
+  ``slow_consumer``) and resumes with Last-Event-ID like any reconnect;
+- once its queue is written out it is no longer behind.
 """
 
 from __future__ import annotations
@@ -28,13 +32,22 @@ import grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
 from .cursor import EARLIEST, Cursor, format_event_id
-from .encoding import EncodedTick, encode_control, encode_tick
+from .encoding import QUOTE, EncodedTick, encode_control, encode_tick
 from .metrics import EdgeMetrics
 from .upstream import SymbolUpstream, TickDispatch
 
 log = logging.getLogger(__name__)
 
 KIND_TO_TYPE = {"trade": tick_pb2.TICK_TYPE_TRADE, "quote": tick_pb2.TICK_TYPE_QUOTE}
+
+
+class _QuoteSlot:
+    """A queued quote that a newer quote of the same symbol may still replace."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: bytes) -> None:
+        self.frame: bytes | None = frame
 
 
 @dataclass(slots=True)
@@ -62,6 +75,7 @@ class ClientSession:
         kinds: frozenset[str],
         *,
         queue_limit: int,
+        queue_bytes_limit: int,
         catchup_limit: int,
         metrics: EdgeMetrics,
         on_close: Callable[[ClientSession], None],
@@ -71,9 +85,13 @@ class ClientSession:
         self.epoch: str | None = None
         self.cursor = 0  # every tick of ours up to this offset (in self.epoch) was queued
         self._states: dict[str, _SymbolState] = {}
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes | _QuoteSlot] = deque()
         self._queued = 0  # events in _queue (an entry may hold several)
+        self._queued_bytes = 0
         self._queue_limit = queue_limit
+        self._queue_bytes_limit = queue_bytes_limit
+        # symbol -> its newest queued quote, while the client is behind (None: not behind)
+        self._conflating: dict[str, _QuoteSlot] | None = None
         self._catchup_limit = catchup_limit
         self._wakeup = asyncio.Event()
         self._final: bytes | None = None
@@ -140,26 +158,59 @@ class ClientSession:
                 return None
             self._wakeup.clear()
             await self._wakeup.wait()
-        count, self._queued = self._queued, 0
-        chunk = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
-        self._queue.clear()
+        count, self._queued, self._queued_bytes = self._queued, 0, 0
+        self._conflating = None  # caught up with everything queued
+        queue = self._queue
+        if len(queue) == 1 and isinstance(queue[0], bytes):
+            chunk = queue[0]
+        else:
+            chunk = b"".join(
+                entry if isinstance(entry, bytes) else entry.frame
+                for entry in queue
+                if isinstance(entry, bytes) or entry.frame is not None
+            )
+        queue.clear()
         self._metrics.events_sent.inc(count)
         return chunk
 
     def _push(self, frames: bytes, count: int = 1) -> None:
-        """Queue ``count`` events' bytes; over the limit the client is a slow consumer."""
+        """Queue ``count`` events' bytes. Past half the event limit, quotes start to conflate;
+        past the event or byte limit the client is disconnected as a slow consumer."""
         if self._ended:
             return
         self._queue.append(frames)
+        self._account(count, len(frames))
+
+    def _push_tick(self, tick: EncodedTick) -> None:
+        """Queue one tick; while conflating, a quote replaces its symbol's queued quote (the
+        older one is dropped, the newer appended, so offsets stay in order)."""
+        if self._conflating is None or tick.kind != QUOTE or self._ended:
+            self._push(tick.frame)
+            return
+        slot = self._conflating.get(tick.symbol)
+        if slot is not None and slot.frame is not None:
+            self._queued -= 1
+            self._queued_bytes -= len(slot.frame)
+            slot.frame = None
+            self._metrics.conflated.inc()
+        slot = self._conflating[tick.symbol] = _QuoteSlot(tick.frame)
+        self._queue.append(slot)
+        self._account(1, len(tick.frame))
+
+    def _account(self, count: int, size: int) -> None:
         self._queued += count
+        self._queued_bytes += size
         self._wakeup.set()
-        if self._queued > self._queue_limit:
+        if self._queued > self._queue_limit or self._queued_bytes > self._queue_bytes_limit:
             self._queue.clear()
-            self._queued = 0
+            self._queued = self._queued_bytes = 0
             self.end(
                 "slow_consumer",
-                f"more than {self._queue_limit} events queued; reconnect with Last-Event-ID",
+                f"more than {self._queue_limit} events or {self._queue_bytes_limit} bytes "
+                "queued; reconnect with Last-Event-ID",
             )
+        elif self._conflating is None and self._queued > self._queue_limit // 2:
+            self._conflating = {}
 
     def end(self, reason: str, message: str, retry_ms: int | None = None) -> None:
         """Finish the stream with a ``disconnect`` event after what is queued; ``retry_ms``
@@ -202,10 +253,11 @@ class ClientSession:
                 state.pending.extend(t for t in ticks if t.kind in kinds)
             return
         if len(self._states) == 1:
-            if ticks and ticks[0].offset <= self.cursor:  # just after a resume splice
+            if (ticks and ticks[0].offset <= self.cursor) or self._conflating is not None:
+                # just after a resume splice, or behind: tick by tick
                 for tick in ticks:
                     if tick.offset > self.cursor and tick.kind in kinds:
-                        self._push(tick.frame)
+                        self._push_tick(tick)
             else:  # the steady state: bytes joined once per dispatch, shared by all clients
                 frames, count = dispatch.frames(kinds)
                 if count:
@@ -260,7 +312,7 @@ class ClientSession:
         if len(self._states) == 1:
             state = next(iter(self._states.values()))
             while state.pending:
-                self._push(state.pending.popleft().frame)
+                self._push_tick(state.pending.popleft())
             return
         if any(s.epoch != self.epoch for s in self._states.values()):
             return
@@ -275,10 +327,10 @@ class ClientSession:
                 runs.append(run)
         if len(runs) == 1:
             for tick in runs[0]:
-                self._push(tick.frame)
+                self._push_tick(tick)
         elif runs:
             for tick in heapq.merge(*runs, key=lambda t: t.offset):
-                self._push(tick.frame)
+                self._push_tick(tick)
         self.cursor = max(self.cursor, limit)
 
     # ----- catch-up ----------------------------------------------------------------------

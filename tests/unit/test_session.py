@@ -42,6 +42,7 @@ def session(symbols: list[str], queue_limit: int = 1_000) -> ClientSession:
         symbols,
         frozenset({"trade", "quote"}),
         queue_limit=queue_limit,
+        queue_bytes_limit=1_000_000,
         catchup_limit=100,
         metrics=EdgeMetrics(),
         on_close=lambda _: None,
@@ -141,3 +142,19 @@ async def test_feed_restart_on_two_symbols_resets_after_the_later_restart_point(
     deliver(client, a, [7], watermark=7)
     deliver(client, b, [], watermark=7)
     assert await offsets_sent(client) == [7]
+
+
+async def test_a_client_behind_gets_quotes_conflated_and_every_trade() -> None:
+    a = FakeUpstream("A")
+    client = session(["A"], queue_limit=10)
+    client.begin_live([a], snapshot=False)  # type: ignore[list-item]
+    deliver(client, a, [1, 2, 3, 4, 5, 6], watermark=6)  # 6 > 10 // 2: now behind
+    a.watermark = 9
+    client.on_ticks(  # type: ignore[arg-type]
+        a,
+        TickDispatch([tick("A", 7, "quote"), tick("A", 8, "quote"), tick("A", 9, "trade")]),
+    )
+    a.watermark = 10
+    client.on_ticks(a, TickDispatch([tick("A", 10, "quote")]))  # type: ignore[arg-type]
+    assert await offsets_sent(client) == [1, 2, 3, 4, 5, 6, 9, 10]
+    assert client._conflating is None, "caught up: no longer behind"
