@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+import asyncio
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 
 class EdgeMetrics:
@@ -48,6 +50,13 @@ class EdgeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, fds, CPU
+        self.tasks = Gauge(
+            "tickstream_edge_asyncio_tasks",
+            "asyncio tasks alive (scraped on the event loop).",
+            registry=self.registry,
+        )
+        self.tasks.set_function(lambda: len(asyncio.all_tasks()))
         self.feed_ready = Gauge(
             "tickstream_edge_feed_ready",
             "1 when the feed answers its health check.",

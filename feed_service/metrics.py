@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 
 class FeedMetrics:
@@ -38,6 +38,12 @@ class FeedMetrics:
             "tickstream_feed_resets",
             "Reset messages sent, by reason.",
             ["reason"],
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, fds, CPU
+        self.tasks = Gauge(
+            "tickstream_feed_asyncio_tasks",
+            "asyncio tasks alive (sampled every second on the event loop).",
             registry=self.registry,
         )
         self.head_offset = Gauge(

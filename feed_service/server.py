@@ -63,6 +63,7 @@ class FeedServer:
         self.port = 0
         self.metrics_port: int | None = None
         self._source_task: asyncio.Task[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind the port (logging the address) and start loading and publishing the source."""
@@ -91,6 +92,13 @@ class FeedServer:
         if self.metrics_port is not None:
             log.info("feed_service metrics on http://%s:%d/metrics", shown_host, self.metrics_port)
         self._source_task = asyncio.create_task(self._run_source(), name="feed-source")
+        self._sampler = asyncio.create_task(self._sample(), name="feed-sampler")
+
+    async def _sample(self) -> None:
+        """Gauges that must be read on the event loop (metrics are served from a thread)."""
+        while True:
+            self.metrics.tasks.set(len(asyncio.all_tasks()))
+            await asyncio.sleep(1.0)
 
     async def _run_source(self) -> None:
         try:
@@ -115,6 +123,8 @@ class FeedServer:
         await self.health.enter_graceful_shutdown()
         self.servicer.closing = True
         self.hub.wake_waiters()
+        if self._sampler is not None:
+            self._sampler.cancel()
         if self._source_task is not None:
             self._source_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
