@@ -67,9 +67,24 @@ async def test_edge_bad_requests_get_problem_json_and_others_are_untouched(
         assert problem["type"].endswith("/" + kind), (path, problem)
         assert problem["title"] and problem["detail"]
         assert "\n" not in problem["detail"]
-    response = await http.post(f"{live_stack.base_url}/sse/BTCUSDT")
-    assert response.status_code == 405
-    assert response.headers["content-type"] == "application/problem+json"
+    for method, path in [("POST", "/sse/BTCUSDT"), ("PUT", "/sse"), ("DELETE", "/symbols")]:
+        response = await http.request(method, live_stack.base_url + path)
+        assert response.status_code == 405, (method, path)
+        assert response.headers["content-type"] == "application/problem+json"
+    # A query string far past any sane size: refused by the HTTP server itself.
+    reader, writer = await asyncio.open_connection("127.0.0.1", live_stack.edge.port)
+    writer.write(b"GET /sse?symbols=" + b"A," * 100_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status_line.split()[1] in (b"400", b"414", b"431"), status_line
+    # A Last-Event-ID of garbage is answered with a reset, never an error loop.
+    async with http.stream(
+        "GET", f"{live_stack.base_url}/sse/BTCUSDT", headers={"Last-Event-ID": "<script>-1;" * 50}
+    ) as response:
+        assert response.status_code == 200
+        async for event in iter_events(response):
+            assert event.event == "reset"
+            break
 
     await asyncio.sleep(0.5)
     stop.set()
@@ -97,8 +112,22 @@ async def test_edge_bad_requests_get_problem_json_and_others_are_untouched(
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         ({"symbols": ["X" * 5000]}, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"symbols": [f"S{i}" for i in range(1001)]}, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"symbols": ["BTCUSDT", "btc usdt"]}, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"symbols": ["BTCUSDT", "NOPE1", "NOPE2"]}, grpc.StatusCode.NOT_FOUND),
     ],
-    ids=["unknown", "empty", "malformed", "unspecified-type", "unknown-type", "no-epoch", "huge"],
+    ids=[
+        "unknown",
+        "empty",
+        "malformed",
+        "unspecified-type",
+        "unknown-type",
+        "no-epoch",
+        "huge",
+        "too-many",
+        "one-malformed",
+        "two-unknown",
+    ],
 )
 async def test_feed_rejects_bad_subscribe_with_status(
     live_stack: Stack, request_fields: dict[str, object], code: grpc.StatusCode
