@@ -97,3 +97,25 @@ async def test_unusable_last_event_id_gives_reset_then_live_ticks(
     assert f'"reason":"{reason}"' in events[0].data
     assert events[0].id is not None and events[0].id.startswith(epoch)
     assert len([e for e in events if e.event in TICKS]) == 20
+
+
+async def test_resume_point_older_than_the_history_gives_offset_too_old_reset(
+    http: httpx.AsyncClient,
+) -> None:
+    feed = start_feed(*replay_args(BTC_FILE, speed="0"), "--history-size", "1000")
+    edge = start_edge(feed.port)
+    try:
+        base = f"http://127.0.0.1:{edge.port}"
+        epoch = (await http.get(f"{base}/symbols")).json()["epoch"]
+        async with (
+            asyncio.timeout(20),
+            http.stream(
+                "GET", f"{base}/sse/BTCUSDT", headers={"Last-Event-ID": f"{epoch}-5"}
+            ) as response,
+        ):
+            first = await anext(iter_events(response))
+        assert first.event == "reset"
+        assert '"reason":"offset_too_old"' in first.data
+    finally:
+        edge.stop()
+        feed.stop()
