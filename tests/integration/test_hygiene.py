@@ -78,6 +78,7 @@ async def _short_lived_sse(http: httpx.AsyncClient, url: str, count: int) -> Non
                     break
 
 
+@pytest.mark.timeout(300)
 async def test_ten_thousand_short_lived_sse_streams_leave_no_growth(stack: Stack) -> None:
     port = stack.edge.port
     url = f"{stack.base_url}/sse/AAA?snapshot=true"
@@ -96,6 +97,7 @@ async def test_ten_thousand_short_lived_sse_streams_leave_no_growth(stack: Stack
     assert growth_mb < RSS_SLACK_MB
 
 
+@pytest.mark.timeout(300)
 async def test_ten_thousand_short_lived_feed_subscriptions_leave_no_growth(stack: Stack) -> None:
     feed = stack.feed
     async with grpc.aio.insecure_channel(f"127.0.0.1:{feed.port}") as channel:
