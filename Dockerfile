@@ -11,4 +11,7 @@ COPY data ./data
 RUN pip install --no-cache-dir . && useradd --uid 10001 --no-create-home tickstream
 USER 10001
 EXPOSE 50051 8000
+# The edge by default; compose sets each service's command and healthcheck.
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
 CMD ["python", "-m", "edge_service"]

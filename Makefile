@@ -36,6 +36,13 @@ lint: $(STAMP) check-protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/buf lint
+	@# The contract may not change incompatibly: compare with the previous commit when there is one.
+	@if git rev-parse -q --verify HEAD~1 >/dev/null; then \
+	  $(VENV)/bin/buf breaking --against '.git#ref=HEAD~1,subdir=protos'; \
+	else echo "buf breaking: no previous commit to compare with"; fi
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(PY) scripts/check_compose.py docker-compose.yml
 
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
