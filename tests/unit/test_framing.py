@@ -34,7 +34,7 @@ def assert_one_event(frame: bytes) -> dict[str, str]:
 def test_control_events_stay_one_event_whatever_the_text(
     message: str, extra: str, key: str
 ) -> None:
-    fields = assert_one_event(encode_control("reset", {"message": message, key: extra}))
+    fields = assert_one_event(encode_control("reset", {key: extra, "message": message}))
     assert json.loads(fields["data"])["message"] == message
 
 
