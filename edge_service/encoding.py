@@ -46,6 +46,16 @@ def encode_tick(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
     return EncodedTick(tick.offset, tick.symbol, kind, frame)
 
 
+def snapshot_frame(tick: EncodedTick) -> bytes:
+    """The tick's event without its ``id`` line: a snapshot value, not a point in the stream.
+
+    EventSource keeps its last event ID across an event without ``id`` (WHATWG "Server-sent
+    events", event stream interpretation), so snapshots never move a client's resume cursor.
+    """
+    assert tick.frame.startswith(b"id: ")
+    return tick.frame[tick.frame.index(b"\n") + 1 :]
+
+
 def encode_control(
     event: str, payload: dict[str, Any], event_id: str | None = None, retry_ms: int | None = None
 ) -> bytes:

@@ -32,12 +32,13 @@ import grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
 from .cursor import EARLIEST, Cursor, format_event_id
-from .encoding import QUOTE, EncodedTick, encode_control, encode_tick
+from .encoding import QUOTE, EncodedTick, encode_control, encode_tick, snapshot_frame
 from .metrics import EdgeMetrics
 from .upstream import SymbolUpstream, TickDispatch
 
 log = logging.getLogger(__name__)
 
+WRITE_LIMIT = 64 * 1024  # bytes per write, about
 KIND_TO_TYPE = {"trade": tick_pb2.TICK_TYPE_TRADE, "quote": tick_pb2.TICK_TYPE_QUOTE}
 
 
@@ -60,6 +61,8 @@ class _SymbolState:
     buffer_start: int = 0
     # Where the upstream's stream restarted after its last reset.
     reset_head: int = 0
+    # Ticks of this symbol at or below this offset are not ours (already past when we joined).
+    start: int = 0
 
 
 class ClientSession:
@@ -85,7 +88,7 @@ class ClientSession:
         self.epoch: str | None = None
         self.cursor = 0  # every tick of ours up to this offset (in self.epoch) was queued
         self._states: dict[str, _SymbolState] = {}
-        self._queue: deque[bytes | _QuoteSlot] = deque()
+        self._queue: deque[tuple[bytes, int] | _QuoteSlot] = deque()
         self._queued = 0  # events in _queue (an entry may hold several)
         self._queued_bytes = 0
         self._queue_limit = queue_limit
@@ -115,14 +118,18 @@ class ClientSession:
         """Start at the live edge of ``upstreams`` (already attached, same instant); ``reset``
         (reason, message) first sends a reset event, e.g. for an unusable Last-Event-ID."""
         self._init_states(upstreams)
-        self.epoch = _majority_epoch(upstreams)
-        self.cursor = max(u.watermark for u in upstreams if u.epoch == self.epoch)
+        self.epoch = upstreams[0].epoch  # the pool hands out upstreams of one epoch
+        # Each symbol starts after its own upstream's watermark; the stream is complete through
+        # the lowest of them, which makes that a safe cursor (resuming there repeats nothing).
+        for upstream in upstreams:
+            self._states[upstream.symbol].start = upstream.watermark
+        self.cursor = min(u.watermark for u in upstreams)
         if reset is not None:
             self._emit_reset(*reset, self.symbols)
-        if snapshot:
-            latest = [t for u in upstreams if u.epoch == self.epoch for t in u.snapshot(self.kinds)]
+        if snapshot:  # sent without ids: they are values, not positions in the stream
+            latest = [t for u in upstreams for t in u.snapshot(self.kinds)]
             for tick in sorted(latest, key=lambda t: t.offset):
-                self._push(tick.frame)
+                self._push(snapshot_frame(tick))
 
     def begin_resume(
         self,
@@ -158,18 +165,29 @@ class ClientSession:
                 return None
             self._wakeup.clear()
             await self._wakeup.wait()
-        count, self._queued, self._queued_bytes = self._queued, 0, 0
-        self._conflating = None  # caught up with everything queued
         queue = self._queue
-        if len(queue) == 1 and isinstance(queue[0], bytes):
-            chunk = queue[0]
+        if len(queue) == 1 and isinstance(queue[0], tuple):
+            chunk, count = queue.popleft()
         else:
-            chunk = b"".join(
-                entry if isinstance(entry, bytes) else entry.frame
-                for entry in queue
-                if isinstance(entry, bytes) or entry.frame is not None
-            )
-        queue.clear()
+            # At most about WRITE_LIMIT bytes per write, so one write to a slow reader never
+            # outlasts the send timeout; the rest stays queued (and conflatable).
+            parts: list[bytes] = []
+            size = count = 0
+            while queue and size < WRITE_LIMIT:
+                entry = queue.popleft()
+                if isinstance(entry, tuple):
+                    parts.append(entry[0])
+                    size += len(entry[0])
+                    count += entry[1]
+                elif entry.frame is not None:
+                    parts.append(entry.frame)
+                    size += len(entry.frame)
+                    count += 1
+            chunk = b"".join(parts)
+        self._queued -= count
+        self._queued_bytes -= len(chunk)
+        if not queue:
+            self._conflating = None  # caught up with everything queued
         self._metrics.events_sent.inc(count)
         return chunk
 
@@ -178,7 +196,7 @@ class ClientSession:
         past the event or byte limit the client is disconnected as a slow consumer."""
         if self._ended:
             return
-        self._queue.append(frames)
+        self._queue.append((frames, count))
         self._account(count, len(frames))
 
     def _push_tick(self, tick: EncodedTick) -> None:
@@ -217,6 +235,11 @@ class ClientSession:
         adds a ``retry:`` field telling the client when to reconnect."""
         if self._ended:
             return
+        if retry_ms is not None:
+            # Shutting down: the backlog would delay the farewell past the grace period; the
+            # client resumes from the last event it did get.
+            self._queue.clear()
+            self._queued = self._queued_bytes = 0
         self._metrics.disconnects.labels(reason).inc()
         self._final = encode_control(
             "disconnect", {"reason": reason, "message": message}, retry_ms=retry_ms
@@ -264,7 +287,7 @@ class ClientSession:
                     self._push(frames, count)
             self.cursor = max(self.cursor, upstream.watermark)
             return
-        state.pending.extend(t for t in ticks if t.offset > self.cursor and t.kind in kinds)
+        state.pending.extend(t for t in ticks if t.offset > state.start and t.kind in kinds)
         self._release()
 
     def on_reset(self, upstream: SymbolUpstream, reason: str, message: str) -> None:
@@ -302,6 +325,7 @@ class ClientSession:
         self.cursor = max(s.reset_head for s in states)
         for state in states:
             state.pending = deque(t for t in state.pending if t.offset > self.cursor)
+            state.start = self.cursor
         self._emit_reset(reason, message, self._states)
 
     def on_closed(self, upstream: SymbolUpstream, reason: str) -> None:
@@ -398,6 +422,7 @@ class ClientSession:
         for state in states:
             state.pending = deque(t for t in state.buffer if t.offset > self.cursor)
             state.buffer = deque()
+            state.start = self.cursor
         self._catching_up = False
         if len(self._states) == 1:
             state = next(iter(states))
@@ -418,8 +443,3 @@ class ClientSession:
         if self._catchup_task is not None:
             self._catchup_task.cancel()
         self._on_close(self)
-
-
-def _majority_epoch(upstreams: list[SymbolUpstream]) -> str | None:
-    epochs = [u.epoch for u in upstreams]
-    return max(set(epochs), key=epochs.count)

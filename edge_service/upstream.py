@@ -337,6 +337,10 @@ class UpstreamPool:
             async with asyncio.timeout(max_wait):
                 for upstream in upstreams:
                     await upstream.ready.wait()
+                # Just after a feed restart some upstreams may still be on the old epoch:
+                # wait (briefly: they reconnect within seconds) until all agree.
+                while len({u.epoch for u in upstreams if u.closed_reason is None}) > 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
         except TimeoutError:
             raise UpstreamUnavailable("the feed did not open the stream in time") from None
         finally:

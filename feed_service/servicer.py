@@ -175,7 +175,13 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         symbols, types = plan.symbols, plan.types
         every_type = types == ALL_TYPES
         last_sent = clock()
+        from_earliest = plan.start == "earliest"
         while not self.closing:
+            if from_earliest:
+                # "The oldest retained tick" moves while the opening messages are written:
+                # follow it rather than call the subscriber slow.
+                cursor = max(cursor, history.earliest_offset - 1)
+                from_earliest = False
             if not history.covers_after(cursor):
                 cursor = history.head_offset
                 yield self._reset(

@@ -25,7 +25,7 @@ async def test_sse_headers_and_preamble(replay_stack: Stack, http: httpx.AsyncCl
                 break
     blocks = text.split("\n\n")
     assert blocks[0] == ": tickstream\nretry: 2000"
-    assert blocks[1].startswith("id: ") and "\nevent: " in blocks[1]
+    assert blocks[1].startswith("event: ") and "\ndata: " in blocks[1], "a snapshot: no id"
 
 
 async def test_symbols_health_and_metrics(replay_stack: Stack, http: httpx.AsyncClient) -> None:
