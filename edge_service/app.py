@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -45,8 +46,10 @@ SSE_DESCRIPTION = (
     "`event: quote` with `id: <epoch>-<offset>` and `data:` one line of JSON (the proto3 JSON "
     "mapping of tickstream.v1.Tick). Also `event: reset` (resume point not honoured; data gives "
     "reason and epoch) and `event: disconnect` (the edge ends the stream; data gives the reason). "
-    "Comment heartbeats every 15 s at most; a `retry:` hint first."
+    "Comment heartbeats every 15 s at most; a `retry:` hint first. The `data` of each event "
+    "type has a JSON Schema at `/schemas/{trade,quote,reset,disconnect}.json`."
 )
+EVENT_SCHEMAS = ("trade", "quote", "reset", "disconnect")
 STREAM_PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": {PROBLEM_MEDIA_TYPE: {}}}
     for status, text in (
@@ -287,6 +290,23 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     )
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    schemas = {
+        name: json.loads(
+            resources.files(__package__).joinpath(f"schemas/{name}.json").read_text("utf-8")
+        )
+        for name in EVENT_SCHEMAS
+    }
+
+    @app.get(
+        "/schemas/{name}.json",
+        summary="JSON Schema of an SSE event's data (trade, quote, reset, disconnect)",
+        responses={404: STREAM_PROBLEMS[404]},
+    )
+    async def event_schema(name: str) -> JSONResponse:
+        if name not in schemas:
+            raise Problem(404, "not-found", "Not found", f"event types: {', '.join(EVENT_SCHEMAS)}")
+        return JSONResponse(schemas[name], media_type="application/schema+json")
 
     page = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
 
