@@ -10,11 +10,15 @@ import sys
 import uvicorn
 import uvloop
 from pydantic import ValidationError
+from pythonjsonlogger.json import JsonFormatter
 
 from .app import create_app
 from .config import EdgeSettings
 
 log = logging.getLogger("edge_service")
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def bind_socket(settings: EdgeSettings) -> socket.socket:
@@ -46,6 +50,7 @@ async def serve(settings: EdgeSettings) -> None:
         http="httptools",
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # uvicorn's own lines go through our handler and format
         timeout_graceful_shutdown=10,
         lifespan="on",
     )
@@ -67,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError) as error:
         print(f"edge_service: invalid configuration: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    fields = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    json_lines = settings.log_format == "json"
+    handler.setFormatter(JsonFormatter(fields) if json_lines else logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     try:
         uvloop.run(serve(settings))
     except OSError as error:

@@ -7,9 +7,12 @@ import sys
 
 import uvloop
 from pydantic import ValidationError
+from pythonjsonlogger.json import JsonFormatter
 
 from .config import FeedSettings
 from .server import serve
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,10 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError) as error:
         print(f"feed_service: invalid configuration: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    fields = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    json_lines = settings.log_format == "json"
+    handler.setFormatter(JsonFormatter(fields) if json_lines else logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     try:
         uvloop.run(serve(settings))
     except ValueError as error:

@@ -67,6 +67,9 @@ class FeedSettings(BaseSettings):
         5.0, ge=0, description="Seconds SIGTERM waits for streams to end before cancelling them."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or one JSON object per line."
+    )
 
     @field_validator("symbols", "replay_path", mode="before")
     @classmethod
