@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard protos/tickstream/v1/*.proto)
 
-.PHONY: run test lint protos check-protos bench clean
+NODE_DIR := clients/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+
+.PHONY: run test lint protos check-protos bench clean node-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,7 +47,16 @@ lint: $(STAMP) check-protos
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	$(PY) scripts/check_compose.py docker-compose.yml
 
-test: lint
+# Node.js clients (grpc-js, eventsource) from package-lock.json; their tests skip without npm.
+node-deps:
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(NODE_STAMP); \
+	else echo "npm not found: the Node.js client tests will be skipped"; fi
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+test: lint node-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Replay the bundled real data in a loop: feed on 127.0.0.1:50051, edge on 127.0.0.1:8000.
@@ -52,4 +64,4 @@ run: $(STAMP)
 	$(PY) scripts/run_local.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(NODE_DIR)/node_modules
