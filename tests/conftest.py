@@ -27,31 +27,34 @@ class Stack:
         return f"127.0.0.1:{self.feed.port}"
 
 
-def _stack(feed_args: list[str]) -> Iterator[Stack]:
+def running_stack(feed_args: list[str], edge_args: tuple[str, ...] = ()) -> Iterator[Stack]:
+    """Start a feed and an edge, yield them, stop whatever the Stack holds at the end (a test
+    may have replaced a killed process with a new one)."""
     feed = start_feed(*feed_args)
     try:
-        edge = start_edge(feed.port)
+        edge = start_edge(feed.port, *edge_args)
     except BaseException:
         feed.stop()
         raise
+    stack = Stack(feed, edge)
     try:
-        yield Stack(feed, edge)
+        yield stack
     finally:
-        edge.stop()
-        feed.stop()
+        stack.edge.stop()
+        stack.feed.stop()
 
 
 @pytest.fixture(scope="session")
 def replay_stack() -> Iterator[Stack]:
     """Both bundled real files replayed as fast as possible, once: the history is the whole
     recording (67,980 ticks), then the feed only heartbeats."""
-    yield from _stack(replay_args(BTC_FILE, ETH_FILE, speed="0"))
+    yield from running_stack(replay_args(BTC_FILE, ETH_FILE, speed="0"))
 
 
 @pytest.fixture(scope="session")
 def live_stack() -> Iterator[Stack]:
     """The bundled real data replayed at 4x its recorded pace in a loop: a steady live stream."""
-    yield from _stack(replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True))
+    yield from running_stack(replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, running_stack
 from tests.integration.test_resume import assert_contiguous
 from tests.support import (
     BTC_FILE,
@@ -28,14 +28,7 @@ TICKS = ("trade", "quote")
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
-    feed = start_feed(*replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True))
-    edge = start_edge(feed.port)
-    running = Stack(feed, edge)
-    try:
-        yield running
-    finally:
-        running.edge.stop()
-        running.feed.stop()
+    yield from running_stack(replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True))
 
 
 async def _read_until_cut(http: httpx.AsyncClient, url: str, out: list[SseEvent]) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Stack, _stack
+from tests.conftest import Stack, running_stack
 from tests.support import BTC_FILE, ETH_FILE, collect, metric_value, replay_args
 
 CLIENTS = 50
@@ -19,7 +19,7 @@ SUBSCRIBES = "tickstream_feed_subscribe_requests_total"
 @pytest.fixture
 def fresh_stack() -> Iterator[Stack]:
     """A stack of its own, so the feed's Subscribe count starts at zero."""
-    yield from _stack(replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True))
+    yield from running_stack(replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True))
 
 
 async def test_fifty_clients_cause_one_subscribe_and_see_identical_events(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, running_stack
 from tests.support import (
     BTC_FILE,
     ETH_FILE,
@@ -19,7 +19,6 @@ from tests.support import (
     iter_events,
     metric_value,
     replay_args,
-    start_edge,
     start_feed,
     wait_for_status,
 )
@@ -32,14 +31,7 @@ SUBSCRIBES = "tickstream_feed_subscribe_requests_total"
 
 @pytest.fixture
 def restartable_stack() -> Iterator[Stack]:
-    feed = start_feed(*FEED_ARGS)
-    edge = start_edge(feed.port)
-    stack = Stack(feed, edge)
-    try:
-        yield stack
-    finally:
-        stack.edge.stop()
-        stack.feed.stop()
+    yield from running_stack(FEED_ARGS)
 
 
 async def _follow(http: httpx.AsyncClient, url: str, out: list[SseEvent], after_reset: int) -> None:

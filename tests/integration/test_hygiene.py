@@ -14,8 +14,8 @@ import httpx
 import pytest
 from tickstream.v1 import feed_pb2, feed_pb2_grpc
 
-from tests.conftest import Stack
-from tests.support import ServiceProcess, collect, start_edge, start_feed
+from tests.conftest import Stack, running_stack
+from tests.support import ServiceProcess, collect
 
 SHORT_LIVED = 10_000
 CONCURRENCY = 50
@@ -41,14 +41,7 @@ async def settle(check: object, within: float = 20) -> None:
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
-    feed = start_feed("--symbols", "AAA,BBB", "--rate", "200")
-    edge = start_edge(feed.port, "--upstream-linger", "1")
-    running = Stack(feed, edge)
-    try:
-        yield running
-    finally:
-        running.edge.stop()
-        running.feed.stop()
+    yield from running_stack(["--symbols", "AAA,BBB", "--rate", "200"], ("--upstream-linger", "1"))
 
 
 async def test_departed_clients_free_streams_upstreams_and_feed_subscriptions(

@@ -11,20 +11,13 @@ import httpx
 import pytest
 from tickstream.v1 import feed_pb2, feed_pb2_grpc
 
-from tests.conftest import Stack
-from tests.support import collect, start_edge, start_feed
+from tests.conftest import Stack, running_stack
+from tests.support import collect
 
 
 @pytest.fixture
 def busy_stack() -> Iterator[Stack]:
-    feed = start_feed("--symbols", "AAA,BBB", "--rate", "3000", "--history-size", "3000")
-    edge = start_edge(feed.port)
-    running = Stack(feed, edge)
-    try:
-        yield running
-    finally:
-        running.edge.stop()
-        running.feed.stop()
+    yield from running_stack(["--symbols", "AAA,BBB", "--rate", "3000", "--history-size", "3000"])
 
 
 async def test_multi_symbol_snapshot_is_followed_by_contiguous_ticks(
