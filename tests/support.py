@@ -253,3 +253,13 @@ async def wait_for_status(
     async with asyncio.timeout(within):
         while (await http.get(url)).status_code != status:  # noqa: ASYNC110 - HTTP polling
             await asyncio.sleep(0.1)
+
+
+async def follow(url: str, out: list[SseEvent], stop: asyncio.Event) -> None:
+    """Append the events of ``url`` to ``out`` until ``stop`` is set (checked per event)."""
+    async with httpx.AsyncClient(timeout=60) as http, http.stream("GET", url) as response:
+        assert response.status_code == 200
+        async for event in iter_events(response):
+            out.append(event)
+            if stop.is_set():
+                return

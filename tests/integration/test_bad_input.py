@@ -11,7 +11,7 @@ from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
 from tests.conftest import Stack
 from tests.integration.test_resume import assert_contiguous
-from tests.support import SseEvent, iter_events
+from tests.support import SseEvent, follow, iter_events
 
 EDGE_CASES = [
     ("/sse/NOPE", 404, "unknown-symbol"),
@@ -39,25 +39,15 @@ EDGE_CASES = [
 ]
 
 
-async def _healthy_stream(url: str, started: asyncio.Event, stop: asyncio.Event) -> list[SseEvent]:
-    events: list[SseEvent] = []
-    async with httpx.AsyncClient(timeout=30) as client, client.stream("GET", url) as response:
-        async for event in iter_events(response):
-            events.append(event)
-            started.set()
-            if stop.is_set():
-                break
-    return events
-
-
 async def test_edge_bad_requests_get_problem_json_and_others_are_untouched(
     live_stack: Stack, http: httpx.AsyncClient
 ) -> None:
-    started, stop = asyncio.Event(), asyncio.Event()
-    healthy = asyncio.create_task(
-        _healthy_stream(f"{live_stack.base_url}/sse/ETHUSDT", started, stop)
-    )
-    await asyncio.wait_for(started.wait(), 30)
+    stop = asyncio.Event()
+    events: list[SseEvent] = []
+    healthy = asyncio.create_task(follow(f"{live_stack.base_url}/sse/ETHUSDT", events, stop))
+    async with asyncio.timeout(30):
+        while not events:  # noqa: ASYNC110 - polling a list
+            await asyncio.sleep(0.05)
     for path, status, kind in EDGE_CASES:
         response = await http.get(live_stack.base_url + path)
         assert response.status_code == status, (path, response.text)
@@ -88,7 +78,7 @@ async def test_edge_bad_requests_get_problem_json_and_others_are_untouched(
 
     await asyncio.sleep(0.5)
     stop.set()
-    events = await asyncio.wait_for(healthy, 30)
+    await asyncio.wait_for(healthy, 30)
     ticks = [e for e in events if e.event in ("trade", "quote")]
     assert len(ticks) > 10, "the healthy stream kept flowing"
     assert_contiguous(ticks)

@@ -14,7 +14,7 @@ from tests.support import (
     BTC_FILE,
     ETH_FILE,
     SseEvent,
-    iter_events,
+    follow,
     replay_args,
     start_edge,
     start_feed,
@@ -44,14 +44,6 @@ async def test_quiet_stream_gets_comment_heartbeats() -> None:
         feed.stop()
 
 
-async def _follow(url: str, out: list[SseEvent], stop: asyncio.Event) -> None:
-    async with httpx.AsyncClient(timeout=60) as http, http.stream("GET", url) as response:
-        async for event in iter_events(response):
-            out.append(event)
-            if stop.is_set():
-                return
-
-
 async def test_sigstopped_feed_is_detected_and_streams_continue_without_gap() -> None:
     feed = start_feed(*replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True))
     edge = start_edge(feed.port, "--upstream-stall-timeout", "2")
@@ -59,7 +51,7 @@ async def test_sigstopped_feed_is_detected_and_streams_continue_without_gap() ->
     try:
         out: list[SseEvent] = []
         stop = asyncio.Event()
-        follower = asyncio.create_task(_follow(f"{base}/sse?symbols=BTCUSDT,ETHUSDT", out, stop))
+        follower = asyncio.create_task(follow(f"{base}/sse?symbols=BTCUSDT,ETHUSDT", out, stop))
         async with asyncio.timeout(20):
             while len(out) < 50:  # noqa: ASYNC110 - polling a list
                 await asyncio.sleep(0.05)

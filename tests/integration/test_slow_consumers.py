@@ -11,7 +11,7 @@ import socket
 import httpx
 
 from tests.integration.test_resume import assert_contiguous
-from tests.support import SseEvent, collect, iter_events, start_edge, start_feed
+from tests.support import SseEvent, collect, follow, start_edge, start_feed
 
 STALLED = 20
 HEALTHY = 3
@@ -32,14 +32,6 @@ async def _open_raw(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio
     writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
     await writer.drain()
     return reader, writer
-
-
-async def _healthy(url: str, out: list[SseEvent], stop: asyncio.Event) -> None:
-    async with httpx.AsyncClient(timeout=60) as http, http.stream("GET", url) as response:
-        async for event in iter_events(response):
-            out.append(event)
-            if stop.is_set():
-                return
 
 
 def _events(raw: bytes) -> list[SseEvent]:
@@ -64,7 +56,7 @@ async def test_stalled_and_slow_clients_do_not_hurt_healthy_ones() -> None:
     try:
         stop = asyncio.Event()
         healthy = [[] for _ in range(HEALTHY)]  # type: list[list[SseEvent]]
-        readers = [asyncio.create_task(_healthy(f"{base}/sse/AAA", out, stop)) for out in healthy]
+        readers = [asyncio.create_task(follow(f"{base}/sse/AAA", out, stop)) for out in healthy]
         stalled = [await _open_raw(edge.port, "/sse/AAA") for _ in range(STALLED)]
         slow_reader, slow_writer = await _open_raw(edge.port, "/sse/AAA")
         await asyncio.sleep(4)  # the slow client reads nothing for 4 s, then everything
