@@ -9,7 +9,7 @@ PROTO_FILES := $(wildcard protos/tickstream/v1/*.proto)
 NODE_DIR := clients/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: run test lint protos check-protos bench clean node-deps
+.PHONY: run test lint protos check-protos bench clean node-deps system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,7 +56,32 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
-test: lint node-deps
+# Debian packages for the browser test (chromium) and the nginx proxy test (nginx; Nchan for the
+# benchmarks): installed when missing as root on Debian (CI), otherwise those tests say why they skip.
+CHROMIUM_BIN ?= /usr/bin/chromium
+NGINX_BIN ?= /usr/sbin/nginx
+NCHAN_MODULE ?= /usr/lib/nginx/modules/ngx_nchan_module.so
+system-deps:
+	@missing=""; \
+	[ -x "$(CHROMIUM_BIN)" ] || missing="$$missing chromium"; \
+	[ -x "$(NGINX_BIN)" ] || missing="$$missing nginx"; \
+	[ -f "$(NCHAN_MODULE)" ] || missing="$$missing libnginx-mod-nchan"; \
+	command -v ip >/dev/null && command -v unshare >/dev/null || missing="$$missing iproute2 util-linux"; \
+	if [ -z "$$missing" ]; then echo "system-deps: chromium, nginx, nchan, ip and unshare present"; \
+	elif [ -f /etc/debian_version ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "system-deps: installing$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt_install() { apt-get install -y -q --no-install-recommends $$missing; }; \
+	  apt_install || { echo "system-deps: refreshing the package lists and trying again"; \
+	    apt-get update -q || echo "system-deps: apt-get update reported errors"; apt_install; } \
+	  || { echo "system-deps: could not install$$missing"; exit 1; }; \
+	else \
+	  echo "system-deps:$$missing missing and not root on Debian, so not installed here:"; \
+	  echo "  the browser page and nginx proxy tests will be skipped (they need /usr/bin/chromium,"; \
+	  echo "  /usr/sbin/nginx, root, unshare and ip); as root on Debian, make test installs them"; \
+	fi
+
+test: lint node-deps system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Replay the bundled real data in a loop: feed on 127.0.0.1:50051, edge on 127.0.0.1:8000.
