@@ -84,6 +84,16 @@ system-deps:
 test: lint node-deps system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# tickstream side by side with Nchan and a bare Starlette fan-out (about 10 minutes); results,
+# plots and a profile under bench/results/, summary in bench/README.md. See bench/README.md.
+bench: $(BENCH_STAMP) system-deps
+	$(PY) bench/run.py
+
 # Replay the bundled real data in a loop: feed on 127.0.0.1:50051, edge on 127.0.0.1:8000.
 run: $(STAMP)
 	$(PY) scripts/run_local.py

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Generic, Protocol, TypeVar
 
-from tickstream.v1 import tick_pb2
+
+class HasOffset(Protocol):
+    @property
+    def offset(self) -> int: ...
 
 
-class TickHistory:
+T = TypeVar("T", bound=HasOffset)
+
+
+class TickHistory(Generic[T]):
     """Ring buffer of the newest ``capacity`` ticks; offsets are contiguous, starting at 1.
 
-    Lookup by offset is O(1): the tick with offset ``o`` sits in slot ``o % capacity``.
+    Lookup by offset is O(1): the tick with offset ``o`` sits in slot ``o % capacity``. It holds
+    anything with an ``offset`` (the feed stores :class:`feed_service.wire.StoredTick`).
     """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("history capacity must be at least 1")
         self._capacity = capacity
-        self._slots: list[tick_pb2.Tick | None] = [None] * capacity
+        self._slots: list[T | None] = [None] * capacity
         self._head = 0  # newest offset, 0 when empty
 
     @property
@@ -39,7 +47,7 @@ class TickHistory:
     def __len__(self) -> int:
         return min(self._head, self._capacity)
 
-    def append(self, tick: tick_pb2.Tick) -> None:
+    def append(self, tick: T) -> None:
         """Store ``tick``, evicting the oldest when full.
 
         Raises ValueError unless ``tick.offset`` is exactly ``head_offset + 1``.
@@ -55,7 +63,7 @@ class TickHistory:
             return False
         return offset + 1 >= self.earliest_offset or offset == self._head
 
-    def after(self, offset: int, limit: int) -> Iterator[tick_pb2.Tick]:
+    def after(self, offset: int, limit: int) -> Iterator[T]:
         """Yield up to ``limit`` retained ticks with offsets greater than ``offset``, in order.
 
         Offsets older than the history are skipped: callers check :meth:`covers_after` first.

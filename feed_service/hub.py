@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from tickstream.v1 import feed_pb2, tick_pb2
 
 from .history import TickHistory
+from .wire import StoredTick
 
 TickBody = tick_pb2.Trade | tick_pb2.Quote
 
@@ -47,7 +48,7 @@ class TickHub:
 
     def __init__(self, history_size: int, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.epoch = new_epoch()
-        self.history = TickHistory(history_size)
+        self.history: TickHistory[StoredTick] = TickHistory(history_size)
         self._clock_ns = clock_ns
         self._symbols: dict[str, feed_pb2.SymbolInfo] = {}
         self._sequences: dict[tuple[str, int], int] = {}
@@ -94,7 +95,7 @@ class TickHub:
                 tick.quote.CopyFrom(draft.body)
             tick.event_time.FromNanoseconds(draft.event_time_ns)
             tick.ingest_time.FromNanoseconds(ingest_ns)
-            self.history.append(tick)
+            self.history.append(StoredTick.of(tick, kind))
             self._latest[key] = tick
         if offset != start:
             self.wake_waiters()

@@ -11,12 +11,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-from tickstream.v1 import feed_pb2, feed_pb2_grpc
+from tickstream.v1 import feed_pb2
 
 from .config import FeedSettings
 from .hub import TickHub
 from .metrics import FeedMetrics
-from .servicer import FeedServicer
+from .servicer import FeedServicer, add_to_server
 from .sources.base import TickSource
 from .sources.replay import ReplaySource
 from .sources.synthetic import SyntheticSource
@@ -55,7 +55,7 @@ class FeedServer:
         self.servicer = FeedServicer(self.hub, self.metrics, settings.heartbeat_interval)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
-        feed_pb2_grpc.add_FeedServiceServicer_to_server(self.servicer, self.server)
+        add_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (FEED_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

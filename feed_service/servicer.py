@@ -10,9 +10,10 @@ import grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
 from .errors import FeedError, InvalidRequest, NotReady, UnknownSymbol
-from .hub import TickHub, tick_type_of
+from .hub import TickHub
 from .metrics import FeedMetrics
 from .symbols import SYMBOL_PATTERN, is_valid_symbol
+from .wire import StoredTick, serialize_response, tick_batch_response
 
 ALL_TYPES = frozenset({tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE})
 MAX_SYMBOLS = 1_000
@@ -100,7 +101,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
 
     async def Subscribe(
         self, request: feed_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[feed_pb2.SubscribeResponse]:
+    ) -> AsyncIterator[feed_pb2.SubscribeResponse | bytes]:
         try:
             plan = plan_subscription(request, self._hub)
         except FeedError as error:
@@ -154,7 +155,10 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             )
         return offset, None
 
-    async def _stream(self, plan: SubscriptionPlan) -> AsyncIterator[feed_pb2.SubscribeResponse]:
+    async def _stream(
+        self, plan: SubscriptionPlan
+    ) -> AsyncIterator[feed_pb2.SubscribeResponse | bytes]:
+        """The stream's messages; tick batches come pre-serialized (see ``wire``)."""
         hub, history, metrics = self._hub, self._hub.history, self._metrics
         clock = asyncio.get_running_loop().time
         # The opening messages (Heartbeat, Reset, snapshot) and the start cursor are all taken at
@@ -189,21 +193,18 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                     "the subscriber fell behind the retained history",
                 )
                 last_sent = clock()
-            batch: list[tick_pb2.Tick] = []
+            batch: list[StoredTick] = []
             scanned = cursor
             for tick in history.after(cursor, SCAN_LIMIT):
                 scanned = tick.offset
-                if tick.symbol in symbols and (every_type or tick_type_of(tick) in types):
+                if tick.symbol in symbols and (every_type or tick.tick_type in types):
                     batch.append(tick)
                     if len(batch) >= BATCH_LIMIT:
                         break
             if scanned > cursor:
                 cursor = scanned
                 if batch or plan.progress_updates:
-                    response = feed_pb2.SubscribeResponse()
-                    response.ticks.ticks.extend(batch)
-                    response.ticks.head_offset = cursor
-                    yield response
+                    yield tick_batch_response(batch, cursor)
                     metrics.ticks_sent.inc(len(batch))
                     last_sent = clock()
                 continue
@@ -220,3 +221,26 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         if not self._hub.ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the feed is still loading its source")
         return feed_pb2.ListSymbolsResponse(symbols=self._hub.symbols(), epoch=self._hub.epoch)
+
+
+def add_to_server(servicer: FeedServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` as ``tickstream.v1.FeedService`` on ``server``.
+
+    As the generated ``add_FeedServiceServicer_to_server``, except that Subscribe's responses
+    may be pre-serialized bytes (``wire.tick_batch_response``) as well as messages.
+    """
+    handlers = {
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            servicer.Subscribe,
+            request_deserializer=feed_pb2.SubscribeRequest.FromString,
+            response_serializer=serialize_response,
+        ),
+        "ListSymbols": grpc.unary_unary_rpc_method_handler(
+            servicer.ListSymbols,
+            request_deserializer=feed_pb2.ListSymbolsRequest.FromString,
+            response_serializer=feed_pb2.ListSymbolsResponse.SerializeToString,
+        ),
+    }
+    service = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)

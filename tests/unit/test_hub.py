@@ -27,7 +27,7 @@ def quote(symbol: str) -> TickDraft:
 def test_sequence_per_symbol_and_type_offset_feed_wide() -> None:
     hub = hub_with("A", "B")
     hub.publish([trade("A"), quote("A"), trade("B"), trade("A"), quote("A")])
-    ticks = list(hub.history.after(0, 10))
+    ticks = [stored.tick for stored in hub.history.after(0, 10)]
     assert [t.offset for t in ticks] == [1, 2, 3, 4, 5]
     assert [(t.symbol, t.WhichOneof("body"), t.sequence) for t in ticks] == [
         ("A", "trade", 1),
