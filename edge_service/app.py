@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -87,28 +87,42 @@ LastEventIdHeader = Annotated[
 ]
 
 
-async def _sse_body(
-    session: ClientSession, preamble: bytes, shutdown: anyio.Event, retry_ms: int
-) -> AsyncIterator[bytes]:
-    async def end_on_shutdown() -> None:
-        await shutdown.wait()
-        # Spread the reconnects of all clients over a few retry periods.
-        jittered = random.randint(retry_ms, max(retry_ms, 1) * 4)
-        session.end("shutdown", "the edge is restarting; reconnect", retry_ms=jittered)
-
-    watcher = asyncio.create_task(end_on_shutdown())
+async def _sse_body(session: ClientSession, preamble: bytes) -> AsyncIterator[bytes]:
     try:
         yield preamble
         while (chunk := await session.next_chunk()) is not None:
             yield chunk
     finally:
-        watcher.cancel()
         session.close()
+
+
+async def _heartbeats(sessions: set[ClientSession], interval: float) -> None:
+    """Every ``interval`` seconds, a comment heartbeat to each stream that sent nothing since
+    the last round: one task for all streams, not a timer per stream."""
+    frame = ServerSentEvent(comment="ping", sep="\n").encode()
+    while True:
+        await asyncio.sleep(interval)
+        for session in list(sessions):
+            session.heartbeat(frame)
+
+
+async def _end_on_shutdown(
+    sessions: set[ClientSession], shutdown: anyio.Event, retry_ms: int
+) -> None:
+    """When the server starts shutting down (sse-starlette sets ``shutdown``), end every stream
+    with a ``disconnect`` event whose ``retry`` is jittered between 1x and 4x ``retry_ms``, so
+    clients do not all return at once."""
+    await shutdown.wait()
+    for session in list(sessions):
+        jittered = random.randint(retry_ms, max(retry_ms, 1) * 4)
+        session.end("shutdown", "the edge is restarting; reconnect", retry_ms=jittered)
 
 
 def create_app(settings: EdgeSettings) -> FastAPI:
     """The edge application; the feed connection opens in its lifespan."""
     metrics = EdgeMetrics()
+    sessions: set[ClientSession] = set()  # every open stream
+    shutdown = anyio.Event()  # set by sse-starlette when the server begins to shut down
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,9 +132,17 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         )
         app.state.feed, app.state.pool = feed, pool
         feed.start()
+        chores = [
+            asyncio.create_task(_heartbeats(sessions, settings.ping_interval), name="heartbeats"),
+            asyncio.create_task(
+                _end_on_shutdown(sessions, shutdown, settings.retry_ms), name="shutdown-watch"
+            ),
+        ]
         try:
             yield
         finally:
+            for chore in chores:
+                chore.cancel()
             await pool.close()
             await feed.close()
 
@@ -190,6 +212,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             ) from None
 
         def release(session: ClientSession) -> None:
+            sessions.discard(session)
             pool.detach(session, symbols)
             metrics.open_streams.dec()
 
@@ -203,18 +226,20 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             on_close=release,
         )
         metrics.open_streams.inc()
+        sessions.add(session)
         pool.attach(session, upstreams)
         if start is None:
             session.begin_live(upstreams, snapshot, reset)
         else:
             session.begin_resume(upstreams, start, snapshot, feed.stub)
-        shutdown = anyio.Event()
+        if shutdown.is_set():
+            session.end("shutdown", "the edge is restarting; reconnect", retry_ms=settings.retry_ms)
         return EventSourceResponse(
-            _sse_body(session, encode_preamble(settings.retry_ms), shutdown, settings.retry_ms),
+            _sse_body(session, encode_preamble(settings.retry_ms)),
             shutdown_event=shutdown,
             shutdown_grace_period=SHUTDOWN_GRACE_S,
             headers={"Cache-Control": "no-cache"},
-            ping=settings.ping_interval,
+            ping=0,  # heartbeats come from _heartbeats, one task for every stream
             sep="\n",
             send_timeout=settings.send_timeout,
             background=BackgroundTask(session.close),

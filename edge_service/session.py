@@ -106,6 +106,7 @@ class ClientSession:
         self._epoch_change: tuple[str, str, str] | None = None
         self._metrics = metrics
         self._on_close = on_close
+        self._wrote_since_heartbeat = False
 
     # ----- start -------------------------------------------------------------------------
 
@@ -186,6 +187,7 @@ class ClientSession:
             chunk = b"".join(parts)
         self._queued -= count
         self._queued_bytes -= len(chunk)
+        self._wrote_since_heartbeat = True
         if not queue:
             self._conflating = None  # caught up with everything queued
         self._metrics.events_sent.inc(count)
@@ -229,6 +231,14 @@ class ClientSession:
             )
         elif self._conflating is None and self._queued > self._queue_limit // 2:
             self._conflating = {}
+
+    def heartbeat(self, frame: bytes) -> None:
+        """Queue the comment ``frame`` unless the stream carried anything since the last call:
+        a stream that is busy needs no keep-alive. Called for every session at once, every
+        ping interval, by the app's one heartbeat task."""
+        if not self._wrote_since_heartbeat and not self._queue:
+            self._push(frame, 0)
+        self._wrote_since_heartbeat = False
 
     def end(self, reason: str, message: str, retry_ms: int | None = None) -> None:
         """Finish the stream with a ``disconnect`` event after what is queued; ``retry_ms``
