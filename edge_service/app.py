@@ -92,6 +92,7 @@ async def _sse_body(session: ClientSession, preamble: bytes) -> AsyncIterator[by
         yield preamble
         while (chunk := await session.next_chunk()) is not None:
             yield chunk
+            session.sent()
     finally:
         session.close()
 
@@ -122,6 +123,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     """The edge application; the feed connection opens in its lifespan."""
     metrics = EdgeMetrics()
     sessions: set[ClientSession] = set()  # every open stream
+    metrics.watch_queues(sessions)
     shutdown = anyio.Event()  # set by sse-starlette when the server begins to shut down
 
     @asynccontextmanager

@@ -24,12 +24,14 @@ QUOTE = "quote"
 
 @dataclass(frozen=True, slots=True)
 class EncodedTick:
-    """One tick ready to send: ``frame`` is the complete SSE event (``event``, ``id``, ``data``)."""
+    """One tick ready to send: ``frame`` is the complete SSE event (``event``, ``id``, ``data``);
+    ``ingest_ns`` is when the feed accepted it (ns since the Unix epoch), for latency metrics."""
 
     offset: int
     symbol: str
     kind: str  # TRADE or QUOTE
     frame: bytes
+    ingest_ns: int
 
 
 def _json(payload: Any) -> str:
@@ -43,7 +45,7 @@ def encode_tick(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
     frame = ServerSentEvent(
         data=data, event=kind, id=format_event_id(epoch, tick.offset), sep=SEP
     ).encode()
-    return EncodedTick(tick.offset, tick.symbol, kind, frame)
+    return EncodedTick(tick.offset, tick.symbol, kind, frame, tick.ingest_time.ToNanoseconds())
 
 
 def snapshot_frame(tick: EncodedTick) -> bytes:

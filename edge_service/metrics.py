@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+# Seconds from feed ingest to edge send: 0.5 ms to 10 s.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+
+
+class _Queued(Protocol):
+    @property
+    def queued(self) -> int: ...
 
 
 class EdgeMetrics:
-    """Open SSE streams, upstream subscriptions, events sent, disconnects by reason, resets."""
+    """Open SSE streams, upstream subscriptions, events sent, drops and disconnects by reason,
+    resets, reconnects, queue depth and the feed-ingest-to-edge-send latency."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -50,6 +61,17 @@ class EdgeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        # Known reasons start at 0, so a rate() over them works before the first occurrence.
+        for reason in ("slow_consumer", "shutdown", "feed_unavailable", "symbol_unavailable"):
+            self.disconnects.labels(reason)
+        for reason in (
+            "epoch_changed",
+            "offset_too_old",
+            "offset_ahead",
+            "malformed_cursor",
+            "slow_consumer",
+        ):
+            self.resets.labels(reason)
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, fds, CPU
         self.tasks = Gauge(
             "tickstream_edge_asyncio_tasks",
@@ -61,4 +83,28 @@ class EdgeMetrics:
             "tickstream_edge_feed_ready",
             "1 when the feed answers its health check.",
             registry=self.registry,
+        )
+        self.delivery_latency = Histogram(
+            "tickstream_edge_delivery_latency_seconds",
+            "Feed ingest to edge send of the oldest tick in a write, sampled (one write in 8 "
+            "per stream).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queued_events = Gauge(
+            "tickstream_edge_queued_events",
+            "Events queued to SSE streams and not yet written, all streams together.",
+            registry=self.registry,
+        )
+        self.max_stream_queue = Gauge(
+            "tickstream_edge_max_stream_queued_events",
+            "Events queued to the most backed-up SSE stream.",
+            registry=self.registry,
+        )
+
+    def watch_queues(self, streams: Collection[_Queued]) -> None:
+        """Read queue depths from ``streams`` (a live collection) at each scrape."""
+        self.queued_events.set_function(lambda: sum(s.queued for s in list(streams)))
+        self.max_stream_queue.set_function(
+            lambda: max((s.queued for s in list(streams)), default=0)
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -39,16 +40,18 @@ from .upstream import SymbolUpstream, TickDispatch
 log = logging.getLogger(__name__)
 
 WRITE_LIMIT = 64 * 1024  # bytes per write, about
+LATENCY_SAMPLE_EVERY = 8  # chunks per delivery-latency observation, per stream
 KIND_TO_TYPE = {"trade": tick_pb2.TICK_TYPE_TRADE, "quote": tick_pb2.TICK_TYPE_QUOTE}
 
 
 class _QuoteSlot:
     """A queued quote that a newer quote of the same symbol may still replace."""
 
-    __slots__ = ("frame",)
+    __slots__ = ("frame", "ingest_ns")
 
-    def __init__(self, frame: bytes) -> None:
+    def __init__(self, frame: bytes, ingest_ns: int) -> None:
         self.frame: bytes | None = frame
+        self.ingest_ns = ingest_ns
 
 
 @dataclass(slots=True)
@@ -88,7 +91,8 @@ class ClientSession:
         self.epoch: str | None = None
         self.cursor = 0  # every tick of ours up to this offset (in self.epoch) was queued
         self._states: dict[str, _SymbolState] = {}
-        self._queue: deque[tuple[bytes, int] | _QuoteSlot] = deque()
+        # (frames, events, ingest ns of the oldest tick or 0) or a conflatable quote
+        self._queue: deque[tuple[bytes, int, int] | _QuoteSlot] = deque()
         self._queued = 0  # events in _queue (an entry may hold several)
         self._queued_bytes = 0
         self._queue_limit = queue_limit
@@ -107,6 +111,8 @@ class ClientSession:
         self._metrics = metrics
         self._on_close = on_close
         self._wrote_since_heartbeat = False
+        self._chunks = 0
+        self._chunk_ingest_ns = 0  # oldest tick in the last chunk (0: no tick in it)
 
     # ----- start -------------------------------------------------------------------------
 
@@ -168,23 +174,26 @@ class ClientSession:
             await self._wakeup.wait()
         queue = self._queue
         if len(queue) == 1 and isinstance(queue[0], tuple):
-            chunk, count = queue.popleft()
+            chunk, count, self._chunk_ingest_ns = queue.popleft()
         else:
             # At most about WRITE_LIMIT bytes per write, so one write to a slow reader never
             # outlasts the send timeout; the rest stays queued (and conflatable).
             parts: list[bytes] = []
-            size = count = 0
+            size = count = ingest_ns = 0
             while queue and size < WRITE_LIMIT:
                 entry = queue.popleft()
                 if isinstance(entry, tuple):
                     parts.append(entry[0])
                     size += len(entry[0])
                     count += entry[1]
+                    ingest_ns = ingest_ns or entry[2]
                 elif entry.frame is not None:
                     parts.append(entry.frame)
                     size += len(entry.frame)
                     count += 1
+                    ingest_ns = ingest_ns or entry.ingest_ns
             chunk = b"".join(parts)
+            self._chunk_ingest_ns = ingest_ns
         self._queued -= count
         self._queued_bytes -= len(chunk)
         self._wrote_since_heartbeat = True
@@ -193,19 +202,32 @@ class ClientSession:
         self._metrics.events_sent.inc(count)
         return chunk
 
-    def _push(self, frames: bytes, count: int = 1) -> None:
-        """Queue ``count`` events' bytes. Past half the event limit, quotes start to conflate;
-        past the event or byte limit the client is disconnected as a slow consumer."""
+    def sent(self) -> None:
+        """The last chunk was handed to the server: sample its delivery latency (feed ingest
+        to edge send) once every ``LATENCY_SAMPLE_EVERY`` chunks."""
+        self._chunks += 1
+        if self._chunk_ingest_ns and not self._chunks % LATENCY_SAMPLE_EVERY:
+            self._metrics.delivery_latency.observe((time.time_ns() - self._chunk_ingest_ns) / 1e9)
+
+    @property
+    def queued(self) -> int:
+        """Events queued and not yet written."""
+        return self._queued
+
+    def _push(self, frames: bytes, count: int = 1, ingest_ns: int = 0) -> None:
+        """Queue ``count`` events' bytes (``ingest_ns``: of the oldest tick among them, 0 for
+        none). Past half the event limit, quotes start to conflate; past the event or byte limit
+        the client is disconnected as a slow consumer."""
         if self._ended:
             return
-        self._queue.append((frames, count))
+        self._queue.append((frames, count, ingest_ns))
         self._account(count, len(frames))
 
     def _push_tick(self, tick: EncodedTick) -> None:
         """Queue one tick; while conflating, a quote replaces its symbol's queued quote (the
         older one is dropped, the newer appended, so offsets stay in order)."""
         if self._conflating is None or tick.kind != QUOTE or self._ended:
-            self._push(tick.frame)
+            self._push(tick.frame, 1, tick.ingest_ns)
             return
         slot = self._conflating.get(tick.symbol)
         if slot is not None and slot.frame is not None:
@@ -213,7 +235,7 @@ class ClientSession:
             self._queued_bytes -= len(slot.frame)
             slot.frame = None
             self._metrics.conflated.inc()
-        slot = self._conflating[tick.symbol] = _QuoteSlot(tick.frame)
+        slot = self._conflating[tick.symbol] = _QuoteSlot(tick.frame, tick.ingest_ns)
         self._queue.append(slot)
         self._account(1, len(tick.frame))
 
@@ -294,7 +316,7 @@ class ClientSession:
             else:  # the steady state: bytes joined once per dispatch, shared by all clients
                 frames, count = dispatch.frames(kinds)
                 if count:
-                    self._push(frames, count)
+                    self._push(frames, count, dispatch.ingest_ns)
             self.cursor = max(self.cursor, upstream.watermark)
             return
         state.pending.extend(t for t in ticks if t.offset > state.start and t.kind in kinds)
@@ -413,7 +435,8 @@ class ClientSession:
                     assert self.epoch is not None
                     for tick in response.ticks.ticks:
                         if tick.offset > self.cursor or after_reset:
-                            self._push(encode_tick(tick, self.epoch).frame)
+                            encoded = encode_tick(tick, self.epoch)
+                            self._push(encoded.frame, 1, encoded.ingest_ns)
                     self.cursor = max(self.cursor, response.ticks.head_offset)
                 after_reset = False
                 if self._try_switch():

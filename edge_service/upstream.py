@@ -42,10 +42,11 @@ class TickDispatch:
     single-symbol client of those kinds shares the result.
     """
 
-    __slots__ = ("_frames", "ticks")
+    __slots__ = ("_frames", "ingest_ns", "ticks")
 
     def __init__(self, ticks: list[EncodedTick]) -> None:
         self.ticks = ticks
+        self.ingest_ns = ticks[0].ingest_ns if ticks else 0  # of the oldest tick
         self._frames: dict[frozenset[str], tuple[bytes, int]] = {}
 
     def frames(self, kinds: frozenset[str]) -> tuple[bytes, int]:
