@@ -58,12 +58,12 @@ SERVER_KINDS: dict[str, Callable[..., Server]] = {
     "nchan": Nchan,
     "baseline": Baseline,
 }
-FANOUT_LADDERS = {1000: [100, 200, 340], 100: [1000, 2500, 4000]}  # ticks/s per ladder step
+FANOUT_LADDERS = {1000: [100, 340], 100: [1000, 4000]}  # ticks/s per ladder step
 SCALING_CLIENTS = [10, 100, 1000, 10_000]
-SCALING_RATE = 20
+SCALING_RATE = 10
 # 19,900, not 20,000: the per-process open-files hard limit here is 20,000 and cannot be raised
 # (no CAP_SYS_RESOURCE), so no server process can hold 20,000 client sockets plus its own files.
-MEMORY_CONNECTIONS = [1000, 5000, 10_000, 19_900]
+MEMORY_CONNECTIONS = [1000, 10_000, 19_900]
 TODAY = date.today().isoformat()
 
 
@@ -98,19 +98,35 @@ def kinds() -> list[str]:
     return list(SERVER_KINDS)
 
 
-def measured(server: Server, clients: int, seconds: float = MEASURE_S) -> dict[str, object]:
-    """One load run against ``server``, with the server's CPU and RSS over the same window."""
+def measured(
+    server: Server,
+    clients: int,
+    seconds: float = MEASURE_S,
+    also: Callable[[str], None] | None = None,
+    connect_timeout: float = 20,
+) -> dict[str, object]:
+    """One load run against ``server``, with the server's CPU and RSS over the same window;
+    ``also(edge)`` runs at the window's start and end too."""
     cpu: dict[str, float] = {}
+    # nginx's worker is a child of its master
+    pids = sorted({p.pid for p in server.procs} | set(server.memory_pids))
 
     def window(edge: str) -> None:
-        pids = [p.pid for p in server.procs]
+        if also is not None:
+            also(edge)
         cpu[edge] = sum(cpu_seconds(pid) for pid in pids)
         if server.feed_pid is not None:
             cpu[f"feed-{edge}"] = cpu_seconds(server.feed_pid)
         cpu[f"rss-{edge}"] = rss_kib(server.memory_pids)
 
     figures = run_load(
-        server.port, server.path, clients, seconds, check_ids=server.check_ids, on_window=window
+        server.port,
+        server.path,
+        clients,
+        seconds,
+        check_ids=server.check_ids,
+        on_window=window,
+        connect_timeout=connect_timeout,
     )
     figures["server_cpu"] = round((cpu["end"] - cpu["start"]) / seconds, 2)
     figures["server_rss_mib"] = round(cpu["rss-end"] / 1024, 1)
@@ -146,7 +162,7 @@ def run_scaling() -> list[dict[str, object]]:
         for clients in SCALING_CLIENTS:
             server = SERVER_KINDS[kind](SCALING_RATE, LOGS / kind)
             try:
-                figures = measured(server, clients)
+                figures = measured(server, clients, connect_timeout=40)
             finally:
                 server.stop()
             row = {"server": kind, "clients": clients, "rate": SCALING_RATE}
@@ -164,7 +180,7 @@ def run_scaling() -> list[dict[str, object]]:
 def run_memory() -> list[dict[str, object]]:
     runs = []
     for kind in kinds():
-        options = {"ping": 1} if kind != "baseline" else {}
+        options = {"ping": 5} if kind != "baseline" else {}
         server = SERVER_KINDS[kind](0.5 if kind == "tickstream" else 0, LOGS / kind, **options)
         try:
             time.sleep(1)
@@ -176,7 +192,9 @@ def run_memory() -> list[dict[str, object]]:
                 def window(edge: str, rss: list[int] = rss, pids: list[int] = pids) -> None:
                     rss.append(rss_kib(pids))
 
-                figures = run_load(server.port, server.path, connections, 2.0, on_window=window)
+                figures = run_load(
+                    server.port, server.path, connections, 2.0, on_window=window, connect_timeout=40
+                )
                 row = {
                     "server": kind,
                     "connections": connections,
@@ -305,42 +323,70 @@ def run_feed() -> list[dict[str, object]]:
 
 
 def run_profile() -> list[dict[str, object]]:
-    rate, clients = 340, 1000
+    """py-spy on the edge over the measurement window of a 1,000-client run at the fan-out
+    target: a flame graph (SVG), the collapsed stacks (TXT), and the main thread's busiest
+    functions, self and inclusive."""
+    rate, clients, seconds = 340, 1000, 6
     server = Tickstream(rate, LOGS / "profile")
     out = RESULTS / f"{TODAY}-edge-profile"
-    try:
-        record = [str(Path(PY).parent / "py-spy"), "record", "-p", str(server.memory_pids[0])]
-        record += ["-d", "8", "-r", "100", "--nonblocking"]
-        spies = [
-            subprocess.Popen(
-                pinned(CLIENT_CPU, [*record, "-f", fmt, "-o", f"{out}.{ext}"]),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
+    spies: list[subprocess.Popen[bytes]] = []
+
+    def record(edge: str) -> None:
+        if edge != "start":
+            return
+        command = [str(Path(PY).parent / "py-spy"), "record", "-p", str(server.memory_pids[0])]
+        command += ["-d", str(seconds), "-r", "100"]
+        for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
+            spies.append(
+                subprocess.Popen(
+                    pinned(CLIENT_CPU, [*command, "-f", fmt, "-o", f"{out}.{ext}"]),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                )
             )
-            for fmt, ext in (("raw", "txt"), ("flamegraph", "svg"))
-        ]
-        figures = measured(server, clients, seconds=8)
+
+    try:
+        figures = measured(server, clients, seconds=seconds, also=record)
         for spy in spies:
             spy.wait(30)
     finally:
         server.stop()
-    top = top_functions(Path(f"{out}.txt"))
-    say(f"profile: edge at {figures['events_per_s']} ev/s; top self time: {top[:3]}")
-    return [{"server": "tickstream", "clients": clients, "rate": rate, **figures, "top": top}]
+    own, inclusive = main_thread_profile(Path(f"{out}.txt"))
+    say(f"profile: edge at {figures['events_per_s']} ev/s; main thread self time: {own[:3]}")
+    return [
+        {
+            "server": "tickstream",
+            "clients": clients,
+            "rate": rate,
+            **figures,
+            "main_thread_self_pct": own,
+            "main_thread_inclusive_pct": inclusive,
+        }
+    ]
 
 
-def top_functions(raw: Path, limit: int = 15) -> list[tuple[str, float]]:
-    """Self-time share of the ``limit`` busiest functions in a py-spy raw (collapsed) profile."""
-    self_time: Counter[str] = Counter()
+def main_thread_profile(
+    raw: Path, limit: int = 20
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """From py-spy's collapsed stacks, the event-loop thread's ``limit`` busiest functions by
+    self time and by inclusive time, as percentages of its samples."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if "Runner.run" not in stack:  # the event-loop thread; reader threads are apart
             continue
-        leaf = stack.split(";")[-1]
-        self_time[leaf.split(" (")[0] + " (" + leaf.rsplit("/", 1)[-1]] += int(count)
+        frames = [f.split(" (")[0] for f in stack.split(";")]
         total += int(count)
-    return [(name, round(100 * n / total, 1)) for name, n in self_time.most_common(limit)]
+        own[frames[-1]] += int(count)
+        for name in set(frames):
+            inclusive[name] += int(count)
+
+    def share(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(limit)]
+
+    return share(own), share(inclusive)
 
 
 SCENARIOS: dict[str, Callable[[], list[dict[str, object]]]] = {

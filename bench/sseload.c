@@ -15,6 +15,7 @@
  *
  * Build: gcc -O2 -o sseload sseload.c
  * Usage: sseload HOST PORT PATH CLIENTS SECONDS [--warmup S] [--check-ids] [--source-ips N]
+ *        [--connect-timeout S]   (default 20: measure anyway once it passes)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -337,6 +338,9 @@ int main(int argc, char **argv) {
     if ((k = arg_index(argc, argv, "--warmup")) && k + 1 < argc) warmup = atof(argv[k + 1]);
     if ((k = arg_index(argc, argv, "--source-ips")) && k + 1 < argc) source_ips = atoi(argv[k + 1]);
     check_ids = arg_index(argc, argv, "--check-ids") != 0;
+    double connect_timeout = 20.0;
+    if ((k = arg_index(argc, argv, "--connect-timeout")) && k + 1 < argc)
+        connect_timeout = atof(argv[k + 1]);
 
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
@@ -365,7 +369,7 @@ int main(int argc, char **argv) {
     int64_t t0 = now_ns(CLOCK_MONOTONIC);
     int64_t ready_at = 0, measure_start = 0, measure_end = 0;
     double cpu_start = 0;
-    int64_t deadline_connect = t0 + 20LL * 1000000000LL;
+    int64_t deadline_connect = t0 + (int64_t)(connect_timeout * 1e9);
     for (;;) {
         while (started < nconns && in_flight < CONNECTS_IN_FLIGHT) start_connect(ep, started++);
         int n = epoll_wait(ep, evs, 4096, 50);
