@@ -135,22 +135,28 @@ def measured(
     return figures
 
 
+def one_run(kind: str, clients: int, rate: float, connect_timeout: float = 20) -> dict[str, object]:
+    """Start ``kind`` at ``rate`` events/s per client, load it with ``clients``, stop it; the
+    run's row (with ``offered_per_s``)."""
+    server = SERVER_KINDS[kind](rate, LOGS / kind)
+    try:
+        figures = measured(server, clients, connect_timeout=connect_timeout)
+    finally:
+        server.stop()
+    row: dict[str, object] = {"server": kind, "clients": clients, "rate": rate}
+    return row | {"offered_per_s": rate * clients, **figures}
+
+
 def run_fanout() -> list[dict[str, object]]:
     runs = []
     for kind in kinds():
         for clients, rates in FANOUT_LADDERS.items():
             for rate in rates:
-                server = SERVER_KINDS[kind](rate, LOGS / kind)
-                try:
-                    figures = measured(server, clients)
-                finally:
-                    server.stop()
-                row = {"server": kind, "clients": clients, "rate": rate}
-                row |= {"offered_per_s": rate * clients, **figures}
+                row = one_run(kind, clients, rate)
                 say(
                     f"fanout {kind:10} {clients:5} clients x {rate:5}/s: "
-                    f"{figures['events_per_s']:>8} ev/s p50 {figures['p50_ms']} ms "
-                    f"p99 {figures['p99_ms']} ms (load client cpu {figures['load_client_cpu']})"
+                    f"{row['events_per_s']:>8} ev/s p50 {row['p50_ms']} ms "
+                    f"p99 {row['p99_ms']} ms (load client cpu {row['load_client_cpu']})"
                 )
                 runs.append(row)
     return runs
@@ -160,18 +166,10 @@ def run_scaling() -> list[dict[str, object]]:
     runs = []
     for kind in kinds():
         for clients in SCALING_CLIENTS:
-            server = SERVER_KINDS[kind](SCALING_RATE, LOGS / kind)
-            try:
-                figures = measured(server, clients, connect_timeout=40)
-            finally:
-                server.stop()
-            row = {"server": kind, "clients": clients, "rate": SCALING_RATE}
-            row |= {"offered_per_s": SCALING_RATE * clients, **figures}
-            if "feed_cpu" in figures:
-                row["feed_cpu_us_per_tick"] = round(figures["feed_cpu"] / SCALING_RATE * 1e6, 1)
+            row = one_run(kind, clients, SCALING_RATE, connect_timeout=40)
             say(
-                f"scaling {kind:10} {clients:6} clients: {figures['events_per_s']:>8} ev/s "
-                f"p99 {figures['p99_ms']} ms, server rss {figures['server_rss_mib']} MiB"
+                f"scaling {kind:10} {clients:6} clients: {row['events_per_s']:>8} ev/s "
+                f"p99 {row['p99_ms']} ms, server rss {row['server_rss_mib']} MiB"
             )
             runs.append(row)
     return runs
