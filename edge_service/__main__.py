@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     try:
         uvloop.run(serve(settings))
+    except ValueError as error:  # e.g. --auth jwt without exactly one key
+        print(f"edge_service: invalid configuration: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"edge_service: {error}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,6 +23,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .auth import Grant, TokenVerifier, authorize, cookie_header, token_of
 from .config import EdgeSettings
 from .cursor import MalformedCursor, parse_cursor
 from .encoding import encode_preamble
@@ -54,6 +57,8 @@ STREAM_PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": {PROBLEM_MEDIA_TYPE: {}}}
     for status, text in (
         (400, "Malformed symbols or types, or too many symbols."),
+        (401, "With --auth jwt: no bearer token, or one that is invalid or expired."),
+        (403, "With --auth jwt: the token's symbols claim does not allow a symbol."),
         (404, "Unknown symbol."),
         (422, "Invalid query parameter."),
         (503, "The feed is unavailable; see Retry-After."),
@@ -119,9 +124,36 @@ async def _end_on_shutdown(
         session.end("shutdown", "the edge is restarting; reconnect", retry_ms=jittered)
 
 
+def _verifier(settings: EdgeSettings) -> TokenVerifier | None:
+    if settings.auth == "off":
+        return None
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    return TokenVerifier(
+        hs256_secret=secret,
+        public_key_file=settings.jwt_public_key,
+        jwks_file=settings.jwt_jwks,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        leeway=settings.jwt_leeway,
+    )
+
+
+def _end_at_expiry(session: ClientSession, grant: Grant) -> asyncio.TimerHandle:
+    """End ``session`` with a ``disconnect`` event (``token_expired``) when its token expires."""
+    loop = asyncio.get_running_loop()
+    return loop.call_at(
+        loop.time() + max(0.0, grant.expires - time.time()),
+        session.end,
+        "token_expired",
+        "the token has expired; reconnect with a fresh one",
+    )
+
+
 def create_app(settings: EdgeSettings) -> FastAPI:
-    """The edge application; the feed connection opens in its lifespan."""
+    """The edge application; the feed connection opens in its lifespan. Raises ValueError
+    for an unusable auth configuration (e.g. ``--auth jwt`` without a key)."""
     metrics = EdgeMetrics()
+    verifier = _verifier(settings)
     sessions: set[ClientSession] = set()  # every open stream
     metrics.watch_queues(sessions)
     shutdown = anyio.Event()  # set by sse-starlette when the server begins to shut down
@@ -156,6 +188,16 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         docs_url=None,  # Swagger UI and ReDoc load from a CDN; the edge serves no third-party code
         redoc_url=None,
     )
+    if settings.cors_origins:
+        any_origin = "*" in settings.cors_origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=not any_origin,  # never '*' together with credentials
+            allow_methods=["GET"],
+            allow_headers=["Authorization", "Last-Event-ID", "Cache-Control"],
+            max_age=600,
+        )
     app.add_exception_handler(Problem, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
@@ -183,6 +225,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     ) -> EventSourceResponse:
         symbols = parse_symbols(raw_symbols, settings.max_symbols)
         kinds = parse_types(types)
+        grant = authorize(verifier, request, symbols) if verifier is not None else None
         feed = feed_of(request)
         require_ready(feed)
         unknown = [s for s in symbols if s not in feed.symbols]
@@ -213,7 +256,11 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 headers={"Retry-After": RETRY_AFTER_S},
             ) from None
 
+        expiry: asyncio.TimerHandle | None = None
+
         def release(session: ClientSession) -> None:
+            if expiry is not None:
+                expiry.cancel()
             sessions.discard(session)
             pool.detach(session, symbols)
             metrics.open_streams.dec()
@@ -236,11 +283,17 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             session.begin_resume(upstreams, start, snapshot, feed.stub)
         if shutdown.is_set():
             session.end("shutdown", "the edge is restarting; reconnect", retry_ms=settings.retry_ms)
+        headers = {"Cache-Control": "no-cache"}
+        if grant is not None:
+            expiry = _end_at_expiry(session, grant)
+            token, from_query = token_of(request)
+            if from_query and token:  # later reconnects carry the HttpOnly cookie instead
+                headers["Set-Cookie"] = cookie_header(token, request, grant.expires)
         return EventSourceResponse(
             _sse_body(session, encode_preamble(settings.retry_ms)),
             shutdown_event=shutdown,
             shutdown_grace_period=SHUTDOWN_GRACE_S,
-            headers={"Cache-Control": "no-cache"},
+            headers=headers,
             ping=0,  # heartbeats come from _heartbeats, one task for every stream
             sep="\n",
             send_timeout=settings.send_timeout,
@@ -287,6 +340,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 
     @app.get("/symbols", summary="Symbols the feed serves", responses=FEED_PROBLEMS)
     async def list_symbols(request: Request) -> JSONResponse:
+        if verifier is not None:
+            authorize(verifier, request, [])
         feed = feed_of(request)
         require_ready(feed)
         return JSONResponse(

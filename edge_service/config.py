@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class EdgeSettings(BaseSettings):
@@ -75,3 +76,32 @@ class EdgeSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text, or one JSON object per line."
     )
+    auth: Literal["off", "jwt"] = Field(
+        "off", description="Client authentication: off, or JWT bearer tokens on /sse and /symbols."
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 shared secret (prefer the EDGE_JWT_SECRET variable to a flag)."
+    )
+    jwt_public_key: Path | None = Field(
+        None, description="PEM public key file for RS256 or ES256 tokens."
+    )
+    jwt_jwks: Path | None = Field(
+        None, description="JWKS file (RFC 7517) for RS256 or ES256 tokens, keys chosen by kid."
+    )
+    jwt_audience: str | None = Field(None, description="Required aud claim, if set.")
+    jwt_issuer: str | None = Field(None, description="Required iss claim, if set.")
+    jwt_leeway: float = Field(
+        10.0, ge=0, le=300, description="Seconds of clock skew allowed for exp and nbf."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to read the edge cross-origin, comma-separated "
+        "(empty: none). '*' allows any origin but then never with credentials.",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        return (
+            [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        )

@@ -62,7 +62,13 @@ class EdgeMetrics:
             registry=self.registry,
         )
         # Known reasons start at 0, so a rate() over them works before the first occurrence.
-        for reason in ("slow_consumer", "shutdown", "feed_unavailable", "symbol_unavailable"):
+        for reason in (
+            "slow_consumer",
+            "shutdown",
+            "feed_unavailable",
+            "symbol_unavailable",
+            "token_expired",
+        ):
             self.disconnects.labels(reason)
         for reason in (
             "epoch_changed",

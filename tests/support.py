@@ -137,13 +137,17 @@ def wait_serving(feed: ServiceProcess, timeout: float = STARTUP_TIMEOUT_S) -> No
     raise AssertionError("feed never became SERVING:\n" + feed.output())
 
 
-def start_edge(feed_port: int, *args: str, wait_ready: bool = True) -> ServiceProcess:
-    """An edge on a free 127.0.0.1 port talking to the feed on ``feed_port``; waits for
-    ``/readyz`` 200 unless ``wait_ready`` is False."""
+def start_edge(
+    feed_port: int, *args: str, wait_ready: bool = True, env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """An edge on a free 127.0.0.1 port talking to the feed on ``feed_port`` (``env``: extra
+    environment, e.g. ``EDGE_*`` settings); waits for ``/readyz`` 200 unless ``wait_ready`` is
+    False."""
     edge = spawn(
         "edge",
         "edge_service",
         ["--port", "0", "--feed-target", f"127.0.0.1:{feed_port}", *args],
+        env,
     )
     try:
         edge.port = int(
