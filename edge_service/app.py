@@ -27,7 +27,7 @@ from .auth import Grant, TokenVerifier, authorize, cookie_header, token_of
 from .config import EdgeSettings
 from .cursor import MalformedCursor, parse_cursor
 from .encoding import encode_preamble
-from .feed_client import FeedClient
+from .feed_client import FeedClient, channel_credentials
 from .metrics import EdgeMetrics
 from .params import parse_symbols, parse_types
 from .problems import (
@@ -154,13 +154,22 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     for an unusable auth configuration (e.g. ``--auth jwt`` without a key)."""
     metrics = EdgeMetrics()
     verifier = _verifier(settings)
+    credentials = channel_credentials(
+        settings.feed_tls_ca, settings.feed_tls_cert, settings.feed_tls_key
+    )
     sessions: set[ClientSession] = set()  # every open stream
     metrics.watch_queues(sessions)
     shutdown = anyio.Event()  # set by sse-starlette when the server begins to shut down
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        feed = FeedClient(settings.feed_target, metrics, settings.feed_check_interval)
+        feed = FeedClient(
+            settings.feed_target,
+            metrics,
+            settings.feed_check_interval,
+            credentials=credentials,
+            token=settings.feed_token.get_secret_value() if settings.feed_token else None,
+        )
         pool = UpstreamPool(
             feed.sync_stub, metrics, settings.upstream_linger, settings.upstream_stall_timeout
         )

@@ -93,6 +93,16 @@ class EdgeSettings(BaseSettings):
     jwt_leeway: float = Field(
         10.0, ge=0, le=300, description="Seconds of clock skew allowed for exp and nbf."
     )
+    feed_token: SecretStr | None = Field(
+        None, description="Bearer token for the feed (prefer the EDGE_FEED_TOKEN variable)."
+    )
+    feed_tls_ca: Path | None = Field(
+        None, description="PEM CA bundle to verify the feed's TLS certificate (enables TLS)."
+    )
+    feed_tls_cert: Path | None = Field(
+        None, description="PEM client certificate for mutual TLS with the feed."
+    )
+    feed_tls_key: Path | None = Field(None, description="PEM private key of --feed-tls-cert.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins allowed to read the edge cross-origin, comma-separated "

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,13 +39,33 @@ class FeedClient:
     serves to its ``SymbolInfo`` (refreshed on readiness and every 10 s).
     """
 
-    def __init__(self, target: str, metrics: EdgeMetrics, check_interval: float) -> None:
+    def __init__(
+        self,
+        target: str,
+        metrics: EdgeMetrics,
+        check_interval: float,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+    ) -> None:
+        """``credentials``: TLS to the feed (None: plaintext); ``token``: sent as
+        ``authorization: Bearer <token>`` metadata on every FeedService call."""
         self.target = target
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        aio_interceptors = [_AioToken(token)] if token else None
+        if credentials is not None:
+            self.channel = grpc.aio.secure_channel(
+                target, credentials, options=CHANNEL_OPTIONS, interceptors=aio_interceptors
+            )
+            sync_channel = grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.aio.insecure_channel(
+                target, options=CHANNEL_OPTIONS, interceptors=aio_interceptors
+            )
+            sync_channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = feed_pb2_grpc.FeedServiceStub(self.channel)
         # Blocking twin for the upstream reader threads (see upstream.SymbolUpstream).
-        self.sync_channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self.sync_stub = feed_pb2_grpc.FeedServiceStub(self.sync_channel)
+        self.sync_channel = sync_channel
+        intercepted = grpc.intercept_channel(sync_channel, _SyncToken(token)) if token else None
+        self.sync_stub = feed_pb2_grpc.FeedServiceStub(intercepted or sync_channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._metrics = metrics
         self._interval = check_interval
@@ -94,3 +117,79 @@ class FeedClient:
         while True:
             await self.check()
             await asyncio.sleep(self._interval)
+
+
+def channel_credentials(
+    ca: Path | None, cert: Path | None, key: Path | None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the feed channel: trust ``ca`` (PEM; None: the system roots) and
+    present ``cert``/``key`` when given (mutual TLS). None when none of them is set (plaintext).
+    Raises ValueError when only one of cert and key is set."""
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("a client certificate needs both --feed-tls-cert and --feed-tls-key")
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes() if ca else None,
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+
+
+def _with_token(metadata: Any, token: str) -> list[tuple[str, str]]:
+    return [*(metadata or ()), ("authorization", f"Bearer {token}")]
+
+
+class _AioToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Adds the bearer token to every call of an aio channel."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            details.timeout,
+            grpc.aio.Metadata(*_with_token(details.metadata, self._token)),
+            details.credentials,
+            details.wait_for_ready,
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+@dataclass(frozen=True)
+class _SyncDetails(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _SyncToken(grpc.UnaryStreamClientInterceptor, grpc.UnaryUnaryClientInterceptor):
+    """Adds the bearer token to every call of a blocking channel."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def _details(self, details: Any) -> _SyncDetails:
+        return _SyncDetails(
+            details.method,
+            details.timeout,
+            _with_token(details.metadata, self._token),
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)

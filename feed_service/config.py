@@ -70,6 +70,16 @@ class FeedSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text, or one JSON object per line."
     )
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: require client certificates it signed (mutual TLS)."
+    )
+    client_tokens: Path | None = Field(
+        None,
+        description="JSON file of client tokens and their symbol patterns; when set, "
+        "FeedService calls need 'authorization: Bearer <token>' metadata.",
+    )
 
     @field_validator("symbols", "replay_path", mode="before")
     @classmethod

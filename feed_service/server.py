@@ -16,6 +16,7 @@ from tickstream.v1 import feed_pb2
 from .config import FeedSettings
 from .hub import TickHub
 from .metrics import FeedMetrics
+from .security import TokenInterceptor, TokenTable, server_credentials
 from .servicer import FeedServicer, add_to_server
 from .sources.base import TickSource
 from .sources.replay import ReplaySource
@@ -54,7 +55,13 @@ class FeedServer:
         self.source = source or build_source(settings)
         self.servicer = FeedServicer(self.hub, self.metrics, settings.heartbeat_interval)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.credentials = server_credentials(settings)
+        tokens = TokenTable.from_file(settings.client_tokens) if settings.client_tokens else None
+        self.servicer.tokens = tokens
+        self.server = grpc.aio.server(
+            options=SERVER_OPTIONS,
+            interceptors=[TokenInterceptor(tokens)] if tokens is not None else None,
+        )
         add_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -80,7 +87,10 @@ class FeedServer:
             self.metrics_port = httpd.server_port
         address = f"{shown_host}:{self.settings.port}"
         try:
-            self.port = self.server.add_insecure_port(address)
+            if self.credentials is not None:
+                self.port = self.server.add_secure_port(address, self.credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
         except RuntimeError:
             raise OSError(f"cannot bind {address}: address in use or not available") from None
         for service in ("", FEED_SERVICE_NAME):

@@ -12,6 +12,7 @@ from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 from .errors import FeedError, InvalidRequest, NotReady, UnknownSymbol
 from .hub import TickHub
 from .metrics import FeedMetrics
+from .security import TokenTable
 from .symbols import SYMBOL_PATTERN, is_valid_symbol
 from .wire import StoredTick, serialize_response, tick_batch_response
 
@@ -98,6 +99,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         self._metrics = metrics
         self._heartbeat_interval = heartbeat_interval
         self.closing = False
+        self.tokens: TokenTable | None = None  # set when clients must present tokens
 
     async def Subscribe(
         self, request: feed_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
@@ -108,6 +110,15 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             code = _STATUS[type(error)]
             self._metrics.rejected_requests.labels(code.name).inc()
             await context.abort(code, str(error))
+        if self.tokens is not None:
+            grant = self.tokens.lookup(context.invocation_metadata())
+            denied = sorted(s for s in plan.symbols if grant is None or not grant.allows(s))
+            if denied:
+                self._metrics.rejected_requests.labels("PERMISSION_DENIED").inc()
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this client's token does not allow {', '.join(denied[:10])}",
+                )
         self._metrics.subscribe_requests.inc()
         self._metrics.active_subscriptions.inc()
         try:

@@ -1,0 +1,138 @@
+"""Who may use the feed: TLS (optionally mutual) on the gRPC port, and per-client tokens.
+
+Tokens travel in the ``authorization`` metadata as ``Bearer <token>`` (the gRPC convention for
+bearer credentials). The tokens file is JSON::
+
+    {"clients": [{"name": "edge-1", "token": "...", "symbols": ["*"]},
+                 {"name": "quant-team", "token": "...", "symbols": ["BTC*", "ETH*"]}]}
+
+``symbols`` are shell-style patterns (default ``["*"]``). A call to ``tickstream.v1.FeedService``
+without a known token ends with UNAUTHENTICATED (checked by :class:`TokenInterceptor`, before
+the method runs); a Subscribe naming a symbol its token does not allow ends with
+PERMISSION_DENIED (checked by the servicer, which sees the request). Health and reflection stay
+open, so orchestrators and tools can probe the feed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from .config import FeedSettings
+
+FEED_METHOD_PREFIX = "/tickstream.v1.FeedService/"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGrant:
+    """A client named in the tokens file and the symbol patterns it may subscribe to."""
+
+    name: str
+    symbols: tuple[str, ...]
+
+    def allows(self, symbol: str) -> bool:
+        return any(fnmatch.fnmatchcase(symbol, pattern) for pattern in self.symbols)
+
+
+class TokenTable:
+    """Known client tokens. Raises ValueError for a malformed tokens file."""
+
+    def __init__(self, entries: Iterable[tuple[str, ClientGrant]]) -> None:
+        self._entries = list(entries)
+
+    @classmethod
+    def from_file(cls, path: Path) -> TokenTable:
+        try:
+            clients = json.loads(path.read_text())["clients"]
+            return cls(
+                (
+                    str(client["token"]),
+                    ClientGrant(str(client["name"]), tuple(client.get("symbols", ["*"]))),
+                )
+                for client in clients
+                if client["token"]
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not a tokens file ({type(error).__name__})") from None
+
+    def lookup(self, metadata: Iterable[tuple[str, Any]] | None) -> ClientGrant | None:
+        """The grant of the bearer token in ``metadata``, None when absent or unknown. Every
+        known token is compared in constant time."""
+        token = bearer_token(metadata)
+        if token is None:
+            return None
+        found = None
+        for known, grant in self._entries:
+            if hmac.compare_digest(known.encode(), token.encode()):
+                found = grant
+        return found
+
+
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Ends FeedService calls without a known bearer token with UNAUTHENTICATED."""
+
+    def __init__(self, table: TokenTable) -> None:
+        self._table = table
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or not method.startswith(FEED_METHOD_PREFIX):
+            return handler
+        metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
+        if self._table.lookup(metadata) is not None:
+            return handler
+        return _refusal(handler, "a known bearer token is required in the authorization metadata")
+
+
+def _refusal(handler: grpc.RpcMethodHandler, details: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that ends the call with UNAUTHENTICATED."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
+
+
+def server_credentials(settings: FeedSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from ``--tls-cert``/``--tls-key`` (PEM files), requiring client
+    certificates signed by ``--tls-client-ca`` when given (mutual TLS); None without a cert.
+    Raises ValueError when only one of cert and key is given, OSError for unreadable files."""
+    if not settings.tls_cert and not settings.tls_key:
+        if settings.tls_client_ca:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
