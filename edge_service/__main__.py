@@ -15,6 +15,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from .app import create_app
 from .config import EdgeSettings
+from .redaction import RedactSecrets
 
 log = logging.getLogger("edge_service")
 
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     fields = "%(asctime)s %(levelname)s %(name)s %(message)s"
     json_lines = settings.log_format == "json"
     handler.setFormatter(JsonFormatter(fields) if json_lines else logging.Formatter(LOG_FORMAT))
+    secrets = [s.get_secret_value() for s in (settings.jwt_secret, settings.feed_token) if s]
+    handler.addFilter(RedactSecrets(secrets))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     try:
         uvloop.run(serve(settings))

@@ -28,6 +28,7 @@ from .config import EdgeSettings
 from .cursor import MalformedCursor, parse_cursor
 from .encoding import encode_preamble
 from .feed_client import FeedClient, channel_credentials
+from .limits import RequestSizeLimit, StreamLimits
 from .metrics import EdgeMetrics
 from .params import parse_symbols, parse_types
 from .problems import (
@@ -102,14 +103,16 @@ async def _sse_body(session: ClientSession, preamble: bytes) -> AsyncIterator[by
         session.close()
 
 
-async def _heartbeats(sessions: set[ClientSession], interval: float) -> None:
+async def _heartbeats(sessions: set[ClientSession], interval: float, limits: StreamLimits) -> None:
     """Every ``interval`` seconds, a comment heartbeat to each stream that sent nothing since
-    the last round: one task for all streams, not a timer per stream."""
+    the last round: one task for all streams, not a timer per stream. Also forgets refilled
+    connect-rate buckets."""
     frame = ServerSentEvent(comment="ping", sep="\n").encode()
     while True:
         await asyncio.sleep(interval)
         for session in list(sessions):
             session.heartbeat(frame)
+        limits.prune()
 
 
 async def _end_on_shutdown(
@@ -159,6 +162,13 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     )
     sessions: set[ClientSession] = set()  # every open stream
     metrics.watch_queues(sessions)
+    limits = StreamLimits(
+        max_streams=settings.max_streams,
+        per_address=settings.max_streams_per_client,
+        per_token=settings.max_streams_per_token,
+        connect_rate=settings.connect_rate,
+        connect_burst=settings.connect_burst,
+    )
     shutdown = anyio.Event()  # set by sse-starlette when the server begins to shut down
 
     @asynccontextmanager
@@ -176,7 +186,9 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         app.state.feed, app.state.pool = feed, pool
         feed.start()
         chores = [
-            asyncio.create_task(_heartbeats(sessions, settings.ping_interval), name="heartbeats"),
+            asyncio.create_task(
+                _heartbeats(sessions, settings.ping_interval, limits), name="heartbeats"
+            ),
             asyncio.create_task(
                 _end_on_shutdown(sessions, shutdown, settings.retry_ms), name="shutdown-watch"
             ),
@@ -196,6 +208,11 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # Swagger UI and ReDoc load from a CDN; the edge serves no third-party code
         redoc_url=None,
+    )
+    app.add_middleware(
+        RequestSizeLimit,
+        max_target=settings.max_request_target,
+        max_headers=settings.max_header_bytes,
     )
     if settings.cors_origins:
         any_origin = "*" in settings.cors_origins
@@ -234,6 +251,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     ) -> EventSourceResponse:
         symbols = parse_symbols(raw_symbols, settings.max_symbols)
         kinds = parse_types(types)
+        address = request.client.host if request.client else "unknown"
+        limits.check_rate(address)
         grant = authorize(verifier, request, symbols) if verifier is not None else None
         feed = feed_of(request)
         require_ready(feed)
@@ -266,8 +285,10 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             ) from None
 
         expiry: asyncio.TimerHandle | None = None
+        uncount = limits.admit(address, grant.subject if grant is not None else None)
 
         def release(session: ClientSession) -> None:
+            uncount()
             if expiry is not None:
                 expiry.cancel()
             sessions.discard(session)

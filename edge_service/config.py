@@ -103,6 +103,25 @@ class EdgeSettings(BaseSettings):
         None, description="PEM client certificate for mutual TLS with the feed."
     )
     feed_tls_key: Path | None = Field(None, description="PEM private key of --feed-tls-cert.")
+    max_streams: int = Field(
+        0, ge=0, description="Most SSE streams this process holds; beyond, 503 (0 = no cap)."
+    )
+    max_streams_per_client: int = Field(
+        0, ge=0, description="Most open streams per client address; beyond, 429 (0 = off)."
+    )
+    max_streams_per_token: int = Field(
+        0, ge=0, description="Most open streams per token subject; beyond, 429 (0 = off)."
+    )
+    connect_rate: float = Field(
+        0, ge=0, description="SSE connects per second per client address; beyond, 429 (0 = off)."
+    )
+    connect_burst: int = Field(20, ge=1, description="Connects allowed at once above the rate.")
+    max_request_target: int = Field(
+        8192, ge=0, description="Bytes of path and query; beyond, 414 (0 = off)."
+    )
+    max_header_bytes: int = Field(
+        16384, ge=0, description="Bytes of request headers; beyond, 431 (0 = off)."
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins allowed to read the edge cross-origin, comma-separated "

@@ -1,0 +1,57 @@
+"""Secrets are masked in log records (issue 6)."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge_service.redaction import MASK, RedactSecrets, redact
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+
+def test_tokens_in_headers_queries_cookies_and_configured_secrets_are_masked() -> None:
+    line = (
+        f"GET /sse/BTCUSDT?symbols=A&token={TOKEN}&x=1 Authorization: Bearer {TOKEN} "
+        f"cookie tickstream_token={TOKEN}; feed secret hunter2-secret"
+    )
+    masked = redact(line, ["hunter2-secret"])
+    assert TOKEN not in masked and "hunter2-secret" not in masked
+    assert masked.count(MASK) == 4 and "&x=1" in masked and "symbols=A" in masked
+
+
+@given(
+    st.text(
+        alphabet=st.characters(
+            blacklist_characters="&; \"'\n\t\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029"
+        ),
+        min_size=1,
+    )
+)
+def test_any_query_token_value_is_masked(value: str) -> None:
+    if any(c.isspace() for c in value):
+        return
+    assert redact(f"/sse?a=1&token={value}") == f"/sse?a=1&token={MASK}"
+
+
+def test_filter_masks_arguments_and_tracebacks() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactSecrets(["s3cret"]))
+    log = logging.getLogger("redaction-test")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("client sent %s with %s", f"Bearer {TOKEN}", "s3cret")
+        try:
+            raise ValueError(f"bad token={TOKEN}")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+    text = stream.getvalue()
+    assert TOKEN not in text and "s3cret" not in text
+    assert "ValueError" in text and MASK in text
