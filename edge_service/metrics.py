@@ -42,7 +42,9 @@ class EdgeMetrics:
             registry=self.registry,
         )
         self.events_sent = Counter(
-            "tickstream_edge_events_sent", "SSE events queued to clients.", registry=self.registry
+            "tickstream_edge_events_sent",
+            "SSE events handed to clients' connections.",
+            registry=self.registry,
         )
         self.conflated = Counter(
             "tickstream_edge_conflated_quotes",

@@ -435,8 +435,8 @@ class ClientSession:
                     assert self.epoch is not None
                     for tick in response.ticks.ticks:
                         if tick.offset > self.cursor or after_reset:
-                            encoded = encode_tick(tick, self.epoch)
-                            self._push(encoded.frame, 1, encoded.ingest_ns)
+                            # history, not live: kept out of the delivery-latency samples
+                            self._push(encode_tick(tick, self.epoch).frame)
                     self.cursor = max(self.cursor, response.ticks.head_offset)
                 after_reset = False
                 if self._try_switch():

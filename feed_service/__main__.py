@@ -15,6 +15,12 @@ from .server import serve
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def _subscriber_left(record: logging.LogRecord) -> bool:
+    """Drop grpc-aio's ERROR traceback for a message that could not be sent because the
+    subscriber cancelled while it was being written: an ordinary departure, not a fault."""
+    return not record.getMessage().startswith("ExecuteBatchError raised in core by servicer")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and ``FEED_*`` variables, run the feed; 2 on a configuration error."""
     try:
@@ -27,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     json_lines = settings.log_format == "json"
     handler.setFormatter(JsonFormatter(fields) if json_lines else logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_subscriber_left)
     try:
         uvloop.run(serve(settings))
     except ValueError as error:

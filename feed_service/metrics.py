@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from tickstream.v1 import feed_pb2
 
 
 class FeedMetrics:
@@ -40,6 +41,12 @@ class FeedMetrics:
             ["reason"],
             registry=self.registry,
         )
+        # Known label values start at 0, so rate() works before the first occurrence.
+        for code in ("INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "PERMISSION_DENIED"):
+            self.rejected_requests.labels(code)
+        for name, number in feed_pb2.ResetReason.items():
+            if number:
+                self.resets.labels(name)
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, fds, CPU
         self.tasks = Gauge(
             "tickstream_feed_asyncio_tasks",

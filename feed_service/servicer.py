@@ -123,6 +123,8 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         self._metrics.active_subscriptions.inc()
         try:
             async for response in self._stream(plan):
+                if context.done():  # the subscriber left: writing would only fail and log
+                    return
                 yield response
             await context.abort(grpc.StatusCode.UNAVAILABLE, "feed is shutting down; reconnect")
         finally:

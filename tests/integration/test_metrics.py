@@ -9,7 +9,7 @@ import re
 import httpx
 
 from tests.conftest import Stack
-from tests.support import SseEvent, follow
+from tests.support import SseEvent, collect, follow
 
 EDGE_SERIES = (
     "tickstream_edge_open_streams",
@@ -62,6 +62,11 @@ async def test_edge_and_feed_expose_the_documented_series_with_live_readings(
                     break
         stop.set()
         await asyncio.wait_for(reader, 30)
+        # Replayed history is not delivery latency: 4,000 events (some 16 writes, so samples
+        # are taken) from the oldest tick.
+        await asyncio.sleep(3)  # every retained tick is now over 3 s old
+        await collect(http, f"{live_stack.base_url}/sse/BTCUSDT?last_event_id=earliest", 4000)
+        text = (await http.get(f"{live_stack.base_url}/metrics")).text
         feed_text = (
             await http.get(f"http://127.0.0.1:{live_stack.feed.metrics_port}/metrics")
         ).text
@@ -75,3 +80,5 @@ async def test_edge_and_feed_expose_the_documented_series_with_live_readings(
     assert buckets['{le="1.0"}'] == buckets['{le="+Inf"}']
     assert samples(text, "tickstream_edge_queued_events")[""] >= 0
     assert samples(text, "tickstream_edge_events_sent_total")[""] >= 50
+    resets = samples(feed_text, "tickstream_feed_resets_total")
+    assert '{reason="RESET_REASON_SLOW_CONSUMER"}' in resets, "known reasons start at 0"
