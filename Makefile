@@ -44,8 +44,9 @@ lint: $(STAMP) check-protos
 	  $(VENV)/bin/buf breaking --against '.git#ref=HEAD~1,subdir=protos'; \
 	else echo "buf breaking: no previous commit to compare with"; fi
 	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml deploy/docker-compose.production.yml
 	$(PY) scripts/check_compose.py docker-compose.yml
+	$(PY) scripts/check_compose.py deploy/docker-compose.production.yml
 
 # Node.js clients (grpc-js, eventsource) from package-lock.json; their tests skip without npm.
 node-deps:

@@ -82,7 +82,7 @@ def summary_rows(results: Path, day: str) -> list[list[str]]:
         ours = step["tickstream"]
         rows.append(
             [
-                "p50 / p99 at 100,000 ev/s offered, 1,000 clients (the issue quotes Nchan at "
+                "p50 / p99 at 100,000 ev/s offered, 1,000 clients (the targets quote Nchan at "
                 "4 / 8 ms)",
                 f"{ours['p50_ms']} / {ours['p99_ms']} ms at {_fmt(ours['events_per_s'])} ev/s",
                 "n/a",
