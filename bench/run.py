@@ -52,7 +52,7 @@ from servers import Baseline, Nchan, Server, Tickstream
 
 RESULTS = BENCH / "results"
 LOGS = BENCH / ".build" / "logs"
-MEASURE_S = 4.0
+MEASURE_S = 3.5
 SERVER_KINDS: dict[str, Callable[..., Server]] = {
     "tickstream": Tickstream,
     "nchan": Nchan,
@@ -135,7 +135,7 @@ def measured(
     return figures
 
 
-def one_run(kind: str, clients: int, rate: float, connect_timeout: float = 20) -> dict[str, object]:
+def one_run(kind: str, clients: int, rate: float, connect_timeout: float = 15) -> dict[str, object]:
     """Start ``kind`` at ``rate`` events/s per client, load it with ``clients``, stop it; the
     run's row (with ``offered_per_s``)."""
     server = SERVER_KINDS[kind](rate, LOGS / kind)
@@ -166,7 +166,7 @@ def run_scaling() -> list[dict[str, object]]:
     runs = []
     for kind in kinds():
         for clients in SCALING_CLIENTS:
-            row = one_run(kind, clients, SCALING_RATE, connect_timeout=40)
+            row = one_run(kind, clients, SCALING_RATE, connect_timeout=30)
             say(
                 f"scaling {kind:10} {clients:6} clients: {row['events_per_s']:>8} ev/s "
                 f"p99 {row['p99_ms']} ms, server rss {row['server_rss_mib']} MiB"
