@@ -135,7 +135,7 @@ def measured(
     return figures
 
 
-def one_run(kind: str, clients: int, rate: float, connect_timeout: float = 15) -> dict[str, object]:
+def one_run(kind: str, clients: int, rate: float, connect_timeout: float = 25) -> dict[str, object]:
     """Start ``kind`` at ``rate`` events/s per client, load it with ``clients``, stop it; the
     run's row (with ``offered_per_s``)."""
     server = SERVER_KINDS[kind](rate, LOGS / kind)

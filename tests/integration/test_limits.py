@@ -1,7 +1,7 @@
 """Limits that protect everyone (issue 6): streams per client address, per token and per
 process, a connect rate, and request sizes; each refusal a problem document with Retry-After
 where retrying later helps. Behind a proxy the client address comes from X-Forwarded-For, which
-uvicorn trusts from loopback only (its --forwarded-allow-ips default): the tests use it to act as
+uvicorn trusts from loopback only (its FORWARDED_ALLOW_IPS default): the tests use it to act as
 several clients."""
 
 from __future__ import annotations
