@@ -56,23 +56,25 @@ def summary_rows(results: Path, day: str) -> list[list[str]]:
     """[target, measured, met?, tickstream/Nchan, tickstream/baseline] rows."""
     fanout = _load(results, day, "fanout")
     rows: list[list[str]] = []
-    for clients, target in ((1000, 340_000), (100, 400_000)):
+    # The targets: 1,000 clients with p99 <= 50 ms and nothing dropped; 100 clients, rate only.
+    for clients, target, p99_bound in ((1000, 340_000, 50.0), (100, 400_000, None)):
         best = {s: _best(fanout, s, clients) for s in COLOURS}
-        within = _best(fanout, "tickstream", clients, p99_ms=50)
+        clean = _best(fanout, "tickstream", clients, p99_ms=p99_bound or 1e12)
         ours = best["tickstream"]
         if ours is None:
             continue
         value = ours["events_per_s"]
+        condition = f", p99 <= {p99_bound:g} ms" if p99_bound else ""
         measured = (
-            f"max {_fmt(value)} ev/s (p99 {ours['p99_ms']} ms); within p99 <= 50 ms and "
-            f"nothing dropped: {_fmt(within['events_per_s'] if within else None)} ev/s"
+            f"max {_fmt(value)} ev/s (p99 {ours['p99_ms']} ms); with nothing dropped"
+            f"{condition}: {_fmt(clean['events_per_s'] if clean else None)} ev/s"
         )
         nchan, base = best["nchan"], best["baseline"]
         rows.append(
             [
-                f"fan-out {clients:,} clients >= {target:,} ev/s, p99 <= 50 ms",
+                f"fan-out {clients:,} clients >= {target:,} ev/s{condition}",
                 measured,
-                "yes" if within and within["events_per_s"] >= target else "no",
+                "yes" if clean and clean["events_per_s"] >= target else "no",
                 _ratio(value, nchan["events_per_s"] if nchan else None),
                 _ratio(value, base["events_per_s"] if base else None),
             ]

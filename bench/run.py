@@ -58,7 +58,7 @@ SERVER_KINDS: dict[str, Callable[..., Server]] = {
     "nchan": Nchan,
     "baseline": Baseline,
 }
-FANOUT_LADDERS = {1000: [100, 340], 100: [1000, 4000]}  # ticks/s per ladder step
+FANOUT_LADDERS = {1000: [100, 340], 100: [1000, 5000]}  # ticks/s per ladder step
 SCALING_CLIENTS = [10, 100, 1000, 10_000]
 SCALING_RATE = 10
 # 19,900, not 20,000: the per-process open-files hard limit here is 20,000 and cannot be raised
