@@ -273,9 +273,11 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             except MalformedCursor as error:
                 reset = ("malformed_cursor", str(error))
         pool: UpstreamPool = request.app.state.pool
+        uncount = limits.admit(address, grant.subject if grant is not None else None)
         try:
             upstreams = await pool.acquire(symbols, settings.upstream_ready_timeout)
         except UpstreamUnavailable as error:
+            uncount()
             raise Problem(
                 503,
                 "feed-unavailable",
@@ -283,9 +285,11 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 str(error),
                 headers={"Retry-After": RETRY_AFTER_S},
             ) from None
+        except BaseException:  # e.g. the client left while the upstream was opening
+            uncount()
+            raise
 
         expiry: asyncio.TimerHandle | None = None
-        uncount = limits.admit(address, grant.subject if grant is not None else None)
 
         def release(session: ClientSession) -> None:
             uncount()
