@@ -273,7 +273,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             except MalformedCursor as error:
                 reset = ("malformed_cursor", str(error))
         pool: UpstreamPool = request.app.state.pool
-        uncount = limits.admit(address, grant.subject if grant is not None else None)
+        uncount = limits.admit(address, grant.holder if grant is not None else None)
         try:
             upstreams = await pool.acquire(symbols, settings.upstream_ready_timeout)
         except UpstreamUnavailable as error:

@@ -1,8 +1,8 @@
 """Bearer-token authentication of SSE clients: JSON Web Tokens checked with PyJWT.
 
 A token is taken from, in order: the ``Authorization: Bearer`` header (RFC 6750 section 2.1),
-the HttpOnly cookie the edge sets after a successful connect (EventSource cannot send headers),
-or the ``token`` query parameter (RFC 6750 section 2.3, meant for the first connect).
+the ``token`` query parameter (RFC 6750 section 2.3, meant for the first connect), or the
+HttpOnly cookie the edge sets after such a connect (EventSource cannot send headers).
 
 Keys: an HS256 shared secret, or an RS256/ES256 public key (PEM), or a JWKS file (RFC 7517)
 whose keys are chosen by the token's ``kid``. ``exp`` is required; ``exp`` and ``nbf`` are
@@ -13,6 +13,7 @@ as ``"BTC*"``) restricts the symbols the bearer may stream; without it every sym
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,14 +27,16 @@ from .problems import Problem
 
 COOKIE_NAME = "tickstream_token"
 ASYMMETRIC = ["RS256", "ES256"]
+MIN_SECRET_BYTES = 32  # HS256 keys as long as the hash (RFC 7518 section 3.2)
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
     """What a valid token allows: ``symbols`` patterns (None: every symbol), until ``expires``
-    (seconds since the Unix epoch, leeway included); ``subject`` is the ``sub`` claim or ''."""
+    (seconds since the Unix epoch, leeway included); ``holder`` names who holds it for
+    per-token limits: the ``sub`` claim, or a digest of the token when it has none."""
 
-    subject: str
+    holder: str
     symbols: tuple[str, ...] | None
     expires: float
 
@@ -62,6 +65,10 @@ class TokenVerifier:
         self._jwks: jwt.PyJWKSet | None = None
         self._key: Any = None
         if hs256_secret:
+            if len(hs256_secret.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"the HS256 secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 3.2)"
+                )
             self._key, self._algorithms = hs256_secret, ["HS256"]
         elif public_key_file:
             self._key, self._algorithms = public_key_file.read_text(), ASYMMETRIC
@@ -97,11 +104,17 @@ class TokenVerifier:
             isinstance(symbols, list) and all(isinstance(s, str) for s in symbols)
         ):
             raise unauthorized("invalid_token", "the symbols claim must be a list of strings")
+        subject = claims.get("sub")
+        holder = f"sub:{subject}" if isinstance(subject, str) and subject else _digest(token)
         return Grant(
-            subject=str(claims.get("sub", "")),
+            holder=holder,
             symbols=tuple(symbols) if symbols is not None else None,
             expires=float(claims["exp"]) + self._leeway,
         )
+
+
+def _digest(token: str) -> str:
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
 def _describe(error: jwt.PyJWTError) -> str:
@@ -148,12 +161,12 @@ def token_of(request: Request) -> tuple[str | None, bool]:
                 "invalid_request", "the Authorization header is not 'Bearer <token>'"
             )
         return value.strip(), False
+    query = request.query_params.get("token")
+    if query:  # an explicit new token wins over the cookie an earlier connect left
+        return query, True
     cookie = request.cookies.get(COOKIE_NAME)
     if cookie:
         return cookie, False
-    query = request.query_params.get("token")
-    if query:
-        return query, True
     return None, False
 
 

@@ -72,7 +72,15 @@ class EdgeSettings(BaseSettings):
     feed_check_interval: float = Field(
         0.5, gt=0, description="Seconds between health checks of the feed (readiness)."
     )
-    log_level: str = Field("INFO", description="Python logging level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Python logging level."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text, or one JSON object per line."
     )

@@ -41,4 +41,6 @@ class RedactSecrets(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text, self._secrets)
+        # Formatters that render exc_info themselves (python-json-logger) get the masked text.
+        record.exc_info = None
         return True

@@ -49,18 +49,26 @@ class TokenTable:
 
     @classmethod
     def from_file(cls, path: Path) -> TokenTable:
+        """Read a tokens file (module docstring). Raises ValueError naming the first problem:
+        not JSON, no ``clients`` list, an entry without a non-empty string ``name`` and
+        ``token``, or ``symbols`` that is not a list of strings (a bare string such as
+        ``"BTC*"`` would otherwise read as the patterns B, T, C and *)."""
         try:
             clients = json.loads(path.read_text())["clients"]
-            return cls(
-                (
-                    str(client["token"]),
-                    ClientGrant(str(client["name"]), tuple(client.get("symbols", ["*"]))),
-                )
-                for client in clients
-                if client["token"]
-            )
         except (KeyError, TypeError, json.JSONDecodeError) as error:
             raise ValueError(f"{path}: not a tokens file ({type(error).__name__})") from None
+        if not isinstance(clients, list):
+            raise ValueError(f"{path}: clients must be a list")
+        entries = []
+        for index, client in enumerate(clients):
+            name, token = client.get("name"), client.get("token")
+            symbols = client.get("symbols", ["*"])
+            if not (isinstance(name, str) and name and isinstance(token, str) and token):
+                raise ValueError(f"{path}: clients[{index}] needs a non-empty name and token")
+            if not (isinstance(symbols, list) and all(isinstance(s, str) for s in symbols)):
+                raise ValueError(f"{path}: clients[{index}].symbols must be a list of strings")
+            entries.append((token, ClientGrant(name, tuple(symbols))))
+        return cls(entries)
 
     def lookup(self, metadata: Iterable[tuple[str, Any]] | None) -> ClientGrant | None:
         """The grant of the bearer token in ``metadata``, None when absent or unknown. Every

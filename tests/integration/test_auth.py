@@ -141,6 +141,11 @@ def test_header_cookie_and_query_tokens_and_the_symbols_claim(hs_edge: ServicePr
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
     again, _ = first_event(f"{base}/sse/ETHUSDT", cookies={"tickstream_token": eth_only})
     assert again.status_code == 200 and "set-cookie" not in again.headers
+    # An explicit ?token= wins over an older, narrower cookie (page code cannot clear it).
+    wider, _ = first_event(
+        f"{base}/sse/BTCUSDT?token={full}", cookies={"tickstream_token": eth_only}
+    )
+    assert wider.status_code == 200
     assert (
         first_event(f"{base}/sse/BTCUSDT", cookies={"tickstream_token": eth_only})[0].status_code
         == 403
@@ -247,10 +252,17 @@ def forged_hs256(claims: dict[str, object], secret: bytes) -> str:
     return (signing + b"." + b64(hmac.new(secret, signing, hashlib.sha256).digest())).decode()
 
 
-def test_auth_without_a_key_is_a_configuration_error(feed: ServiceProcess) -> None:
-    edge = spawn("edge", "edge_service", ["--port", "0", "--auth", "jwt"])
-    try:
-        assert edge.popen.wait(30) == 2
-        edge.wait_for_line("invalid configuration: JWT auth needs exactly one")
-    finally:
-        edge.kill()
+def test_auth_without_a_key_or_with_a_short_secret_is_a_configuration_error(
+    feed: ServiceProcess,
+) -> None:
+    cases = [
+        ({}, "JWT auth needs exactly one"),
+        ({"EDGE_JWT_SECRET": "abc"}, "must be at least 32 bytes"),
+    ]
+    for env, message in cases:
+        edge = spawn("edge", "edge_service", ["--port", "0", "--auth", "jwt"], env)
+        try:
+            assert edge.popen.wait(30) == 2
+            edge.wait_for_line(f"invalid configuration: .*{message}")
+        finally:
+            edge.kill()

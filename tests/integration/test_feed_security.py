@@ -16,7 +16,7 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc
 
-from tests.support import iter_events, start_edge, start_feed
+from tests.support import iter_events, spawn, start_edge, start_feed
 
 pytestmark = pytest.mark.asyncio
 
@@ -171,3 +171,14 @@ async def test_the_edge_presents_its_feed_token(token_feed: tuple[int, Path]) ->
         assert status == 503, "without its token the edge cannot list symbols"
     finally:
         tokenless.stop()
+
+
+def test_a_tokens_file_with_a_string_for_symbols_is_refused(tmp_path: Path) -> None:
+    tokens = tmp_path / "clients.json"
+    tokens.write_text('{"clients": [{"name": "q", "token": "t-0123456789", "symbols": "BBB*"}]}')
+    feed = spawn("feed", "feed_service", ["--port", "0", "--client-tokens", str(tokens)])
+    try:
+        assert feed.popen.wait(30) == 2, "a bare string would read as the patterns B, B, B, *"
+        feed.wait_for_line(r"symbols must be a list of strings")
+    finally:
+        feed.kill()

@@ -98,6 +98,13 @@ def test_streams_per_token_subject(feed: ServiceProcess) -> None:
             assert second.json()["type"].endswith("/streams-per-token")
             bob = open_streams(stack, http, url, [bearer("bob")])
             assert bob[0].status_code == 200
+            # A token without sub is limited as itself, not left unlimited.
+            anonymous = {
+                "Authorization": f"Bearer {jwt.encode({'exp': int(time.time() + 300)}, SECRET)}"
+            }
+            assert open_streams(stack, http, url, [anonymous])[0].status_code == 200
+            again = http.get(url, headers={**anonymous, "X-Forwarded-For": "10.5.5.5"})
+            assert again.status_code == 429
     finally:
         edge.stop()
 

@@ -55,3 +55,25 @@ def test_filter_masks_arguments_and_tracebacks() -> None:
     text = stream.getvalue()
     assert TOKEN not in text and "s3cret" not in text
     assert "ValueError" in text and MASK in text
+
+
+def test_json_log_lines_carry_the_masked_traceback() -> None:
+    from pythonjsonlogger.json import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("%(levelname)s %(message)s"))
+    handler.addFilter(RedactSecrets(["s3cret"]))
+    log = logging.getLogger("redaction-json-test")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        try:
+            raise ValueError(f"bad header Authorization: Bearer {TOKEN} with s3cret")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+    text = stream.getvalue()
+    assert TOKEN not in text and "s3cret" not in text
+    assert "ValueError" in text and MASK in text
