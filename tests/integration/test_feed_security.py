@@ -18,8 +18,6 @@ from tickstream.v1 import feed_pb2, feed_pb2_grpc
 
 from tests.support import iter_events, spawn, start_edge, start_feed
 
-pytestmark = pytest.mark.asyncio
-
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
