@@ -182,8 +182,14 @@ def wait_edge_epoch(edge: ServiceProcess, old: str, within: float = 30) -> str:
     raise AssertionError("the edge never reported a new epoch")
 
 
-def check_btc_row(page: Page, prices: set[str]) -> dict[str, Any]:
+def check_btc_row(page: Page, prices: set[str], within: float = 20) -> dict[str, Any]:
+    """Check the BTCUSDT row, once its sparkline has two trades (right after a reset or a new
+    epoch it may hold one)."""
+    deadline = time.monotonic() + within
     btc = row(page, "BTCUSDT")
+    while btc["sparkPoints"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.25)
+        btc = row(page, "BTCUSDT")
     assert btc["last"] and PRICE.match(btc["last"]), btc
     assert btc["last"] in prices, f"{btc['last']} is not a BTCUSDT trade price of the recording"
     assert btc["last"].startswith(btc["lastText"]), "shown without trailing zeros"
