@@ -46,7 +46,6 @@ from harness import (
     rss_kib,
     run_load,
     start,
-    wait_http,
 )
 from servers import Baseline, Nchan, Server, Tickstream
 
@@ -214,32 +213,9 @@ def run_memory() -> list[dict[str, object]]:
 
 def run_latency() -> list[dict[str, object]]:
     data = sorted((ROOT / "data" / "binance" / "spot").glob("*.gz"))
-    feed_port = free_port()
-    feed = start(
-        "feed-replay",
-        [PY, "-m", "feed_service", "--port", str(feed_port), "--source", "replay", "--loop"]
-        + [arg for path in data for arg in ("--replay-path", str(path))],
-        LOGS / "latency",
-    )
-    server = Server()
-    server.port = free_port()
-    edge = start(
-        "edge",
-        [
-            PY,
-            "-m",
-            "edge_service",
-            "--port",
-            str(server.port),
-            "--feed-target",
-            f"127.0.0.1:{feed_port}",
-        ],
-        LOGS / "latency",
-    )
-    server.procs, server.memory_pids = [feed, edge], [edge.pid]
-    server.path = "/sse?symbols=BTCUSDT,ETHUSDT"
+    replay = ("--source", "replay", "--loop", *(a for f in data for a in ("--replay-path", str(f))))
+    server = Tickstream(0, LOGS / "latency", source=replay, path="/sse?symbols=BTCUSDT,ETHUSDT")
     try:
-        wait_http(f"http://127.0.0.1:{server.port}/readyz")
         figures = measured(server, 200, seconds=15)
     finally:
         server.stop()

@@ -72,46 +72,42 @@ class Server:
 
 
 class Tickstream(Server):
+    """The real feed and edge. The feed's source is synthetic ticks of one symbol, BENCH, at
+    ``rate`` per second, unless ``source`` gives other feed arguments (e.g. a replay); then
+    ``path`` should name the symbols that source serves."""
+
     name = "tickstream"
     path = "/sse/BENCH"
     check_ids = True  # one symbol: offsets are consecutive, so a gap in ids is a lost tick
 
     def __init__(
-        self, rate: float, logs: Path, ping: float = 15, edge_args: tuple[str, ...] = ()
+        self,
+        rate: float,
+        logs: Path,
+        ping: float = 15,
+        source: tuple[str, ...] | None = None,
+        path: str | None = None,
     ) -> None:
         super().__init__()
         feed_port, self.port = free_port(), free_port()
         self.feed_metrics_port = free_port()
+        if source is None:
+            source = ("--symbols", "BENCH", "--rate", str(rate))
+        if path is not None:
+            self.path, self.check_ids = path, False
         feed = start(
             "feed",
             [
-                PY,
-                "-m",
-                "feed_service",
-                "--port",
-                str(feed_port),
-                "--symbols",
-                "BENCH",
-                "--rate",
-                str(rate),
-                "--metrics-port",
-                str(self.feed_metrics_port),
+                *(PY, "-m", "feed_service", "--port", str(feed_port), *source),
+                *("--metrics-port", str(self.feed_metrics_port)),
             ],
             logs,
         )
         edge = start(
             "edge",
             [
-                PY,
-                "-m",
-                "edge_service",
-                "--port",
-                str(self.port),
-                "--feed-target",
-                f"127.0.0.1:{feed_port}",
-                "--ping-interval",
-                str(ping),
-                *list(edge_args),
+                *(PY, "-m", "edge_service", "--port", str(self.port)),
+                *("--feed-target", f"127.0.0.1:{feed_port}", "--ping-interval", str(ping)),
             ],
             logs,
         )

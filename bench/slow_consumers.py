@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from harness import free_port, pinned
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pinned(cpu: str, args: list[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *args] if shutil.which("taskset") else args
 
 
 def load(port: int, clients: int, seconds: float) -> dict[str, float]:

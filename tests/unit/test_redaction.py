@@ -37,22 +37,29 @@ def test_any_query_token_value_is_masked(value: str) -> None:
     assert redact(f"/sse?a=1&token={value}") == f"/sse?a=1&token={MASK}"
 
 
-def test_filter_masks_arguments_and_tracebacks() -> None:
+def logged(formatter: logging.Formatter, secret: str) -> str:
+    """What a handler with ``formatter`` and the redaction filter prints for a warning with a
+    token and ``secret`` as arguments and an exception quoting both."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.addFilter(RedactSecrets(["s3cret"]))
-    log = logging.getLogger("redaction-test")
+    handler.setFormatter(formatter)
+    handler.addFilter(RedactSecrets([secret]))
+    log = logging.getLogger(f"redaction-test-{type(formatter).__name__}")
     log.addHandler(handler)
     log.propagate = False
     try:
-        log.warning("client sent %s with %s", f"Bearer {TOKEN}", "s3cret")
+        log.warning("client sent %s with %s", f"Bearer {TOKEN}", secret)
         try:
-            raise ValueError(f"bad token={TOKEN}")
+            raise ValueError(f"bad header Authorization: Bearer {TOKEN} token={TOKEN} {secret}")
         except ValueError:
             log.exception("failed")
     finally:
         log.removeHandler(handler)
-    text = stream.getvalue()
+    return stream.getvalue()
+
+
+def test_filter_masks_arguments_and_tracebacks() -> None:
+    text = logged(logging.Formatter(), "s3cret")
     assert TOKEN not in text and "s3cret" not in text
     assert "ValueError" in text and MASK in text
 
@@ -60,20 +67,6 @@ def test_filter_masks_arguments_and_tracebacks() -> None:
 def test_json_log_lines_carry_the_masked_traceback() -> None:
     from pythonjsonlogger.json import JsonFormatter
 
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter("%(levelname)s %(message)s"))
-    handler.addFilter(RedactSecrets(["s3cret"]))
-    log = logging.getLogger("redaction-json-test")
-    log.addHandler(handler)
-    log.propagate = False
-    try:
-        try:
-            raise ValueError(f"bad header Authorization: Bearer {TOKEN} with s3cret")
-        except ValueError:
-            log.exception("failed")
-    finally:
-        log.removeHandler(handler)
-    text = stream.getvalue()
+    text = logged(JsonFormatter("%(levelname)s %(message)s"), "s3cret")
     assert TOKEN not in text and "s3cret" not in text
     assert "ValueError" in text and MASK in text
