@@ -32,8 +32,9 @@ class FeedSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    source: Literal["synthetic", "replay"] = Field(
-        "synthetic", description="Where ticks come from."
+    source: Literal["synthetic", "replay", "binance", "none"] = Field(
+        "synthetic",
+        description="Built-in source of ticks; none = only producers' Publish streams feed it.",
     )
     replay_path: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -45,7 +46,12 @@ class FeedSettings(BaseSettings):
     loop: bool = Field(False, description="Replay again from the start when the data ends.")
     symbols: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["AAPL", "MSFT", "BTCUSD"],
-        description="Symbols of the synthetic source, comma-separated.",
+        description="Symbols of the synthetic and binance sources, comma-separated.",
+    )
+    binance_url: str = Field(
+        "wss://stream.binance.com:9443",
+        description="Base URL of Binance's public WebSocket API (binance source); the combined "
+        "stream /stream?streams=... is opened below it.",
     )
     seed: int = Field(7, description="Seed of the synthetic source (same seed, same ticks).")
     rate: float = Field(
@@ -56,6 +62,26 @@ class FeedSettings(BaseSettings):
     )
     heartbeat_interval: float = Field(
         1.0, gt=0, le=60, description="Seconds of silence after which a stream gets a Heartbeat."
+    )
+    stale_after: float = Field(
+        10.0, gt=0, description="Seconds without a tick after which a symbol or source is stale."
+    )
+    stale_after_symbol: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="Per-symbol stale times overriding --stale-after, e.g. BTCUSDT=2,ILLIQ=300.",
+    )
+    max_symbols: int = Field(
+        10_000, ge=1, description="Most symbols the feed serves; producers' new symbols past it "
+        "are refused (RESOURCE_EXHAUSTED)."
+    )
+    max_batch: int = Field(
+        1_000, ge=1, le=100_000, description="Most ticks in one Publish batch (INVALID_ARGUMENT)."
+    )
+    dedup_window: int = Field(
+        1_000_000,
+        ge=0,
+        description="(symbol, dedup_id) pairs remembered feed-wide to drop resent ticks "
+        "(0 = off); about 200 bytes each.",
     )
     metrics_port: int | None = Field(
         None,
@@ -85,11 +111,26 @@ class FeedSettings(BaseSettings):
     )
     client_tokens: Path | None = Field(
         None,
-        description="JSON file of client tokens and their symbol patterns; when set, "
-        "FeedService calls need 'authorization: Bearer <token>' metadata.",
+        description="JSON file of client tokens, their subscribe and publish symbol patterns "
+        "and limits; when set, FeedService and IngestService calls need "
+        "'authorization: Bearer <token>' metadata.",
     )
 
     @field_validator("symbols", "replay_path", mode="before")
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return split_commas(value)
+
+    @field_validator("stale_after_symbol", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: Any) -> Any:
+        """``"A=2,B=30"`` into ``{"A": "2", "B": "30"}``; a part without ``=`` is an error."""
+        if not isinstance(value, str):
+            return value
+        pairs = {}
+        for part in split_commas(value):
+            symbol, sep, seconds = part.partition("=")
+            if not sep:
+                raise ValueError(f"{part!r} is not SYMBOL=SECONDS")
+            pairs[symbol.strip()] = seconds.strip()
+        return pairs

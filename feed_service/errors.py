@@ -17,3 +17,11 @@ class UnknownSymbol(FeedError):
 
 class NotReady(FeedError):
     """The source is still loading: UNAVAILABLE."""
+
+
+class LimitExceeded(FeedError):
+    """Past a producer's rate or batch limit, or the feed's symbol cap: RESOURCE_EXHAUSTED."""
+
+
+class PermissionDenied(FeedError):
+    """The caller's token does not allow this symbol or action: PERMISSION_DENIED."""

@@ -5,28 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 
-from tickstream.v1 import feed_pb2, tick_pb2
+from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 
 from .history import TickHistory
 from .wire import StoredTick
-
-TickBody = tick_pb2.Trade | tick_pb2.Quote
-
-
-@dataclass(frozen=True, slots=True)
-class TickDraft:
-    """A tick as a source produces it, before the hub numbers it.
-
-    ``event_time_ns`` is the exchange time in ns since the Unix epoch (UTC).
-    """
-
-    symbol: str
-    event_time_ns: int
-    body: TickBody
-
 
 def tick_type_of(tick: tick_pb2.Tick) -> int:
     """The ``TickType`` value of a tick's body (TICK_TYPE_TRADE or TICK_TYPE_QUOTE)."""
@@ -49,7 +33,7 @@ class TickHub:
     def __init__(self, history_size: int, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.epoch = new_epoch()
         self.history: TickHistory[StoredTick] = TickHistory(history_size)
-        self._clock_ns = clock_ns
+        self.clock_ns = clock_ns
         self._symbols: dict[str, feed_pb2.SymbolInfo] = {}
         self._sequences: dict[tuple[str, int], int] = {}
         self._latest: dict[tuple[str, int], tick_pb2.Tick] = {}
@@ -72,31 +56,42 @@ class TickHub:
     def knows(self, symbol: str) -> bool:
         return symbol in self._symbols
 
-    def publish(self, drafts: Iterable[TickDraft]) -> int:
-        """Number and store ``drafts`` in order; returns the new head offset.
+    @property
+    def symbol_count(self) -> int:
+        return len(self._symbols)
 
+    def publish(self, drafts: Sequence[ingest_pb2.TickDraft], ingest_ns: int | None = None) -> int:
+        """Number and store validated ``drafts`` in order; returns the new head offset.
+
+        ``ingest_ns`` stamps every tick (default: now); a draft without ``event_time`` gets it
+        as its event time too. Callers validate first (:class:`feed_service.ingest.Ingestor`).
         Raises KeyError for a symbol that was not declared with :meth:`add_symbols`.
         """
         start = offset = self.history.head_offset
-        ingest_ns = self._clock_ns()
+        if ingest_ns is None:
+            ingest_ns = self.clock_ns()
+        sequences, latest, append = self._sequences, self._latest, self.history.append
         for draft in drafts:
             if draft.symbol not in self._symbols:
                 raise KeyError(draft.symbol)
-            is_trade = isinstance(draft.body, tick_pb2.Trade)
+            is_trade = draft.HasField("trade")
             kind = tick_pb2.TICK_TYPE_TRADE if is_trade else tick_pb2.TICK_TYPE_QUOTE
             key = (draft.symbol, kind)
-            sequence = self._sequences.get(key, 0) + 1
-            self._sequences[key] = sequence
+            sequence = sequences.get(key, 0) + 1
+            sequences[key] = sequence
             offset += 1
             tick = tick_pb2.Tick(symbol=draft.symbol, sequence=sequence, offset=offset)
             if is_trade:
-                tick.trade.CopyFrom(draft.body)
+                tick.trade.CopyFrom(draft.trade)
             else:
-                tick.quote.CopyFrom(draft.body)
-            tick.event_time.FromNanoseconds(draft.event_time_ns)
+                tick.quote.CopyFrom(draft.quote)
+            if draft.HasField("event_time"):
+                tick.event_time.CopyFrom(draft.event_time)
+            else:
+                tick.event_time.FromNanoseconds(ingest_ns)
             tick.ingest_time.FromNanoseconds(ingest_ns)
-            self.history.append(StoredTick.of(tick, kind))
-            self._latest[key] = tick
+            append(StoredTick.of(tick, kind))
+            latest[key] = tick
         if offset != start:
             self.wake_waiters()
         return offset
@@ -135,5 +130,5 @@ class TickHub:
             head_offset=self.history.head_offset,
             earliest_offset=self.history.earliest_offset,
         )
-        beat.time.FromNanoseconds(self._clock_ns())
+        beat.time.FromNanoseconds(self.clock_ns())
         return beat

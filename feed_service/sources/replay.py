@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from tickstream.v1 import feed_pb2, tick_pb2
+from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 
-from ..hub import TickDraft
+from ..ingest import make_draft
+from ..liveness import SourceHandle
 from ..symbols import is_valid_symbol
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,16 @@ class ReplayError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RecordedTick:
-    """One parsed tick: ``receive_ns`` paces the replay, ``draft`` is what gets published."""
+    """One parsed tick: ``receive_ns`` paces the replay; the rest becomes its ``TickDraft``."""
 
     receive_ns: int
-    draft: TickDraft
+    symbol: str
+    event_time_ns: int
+    body: tick_pb2.Trade | tick_pb2.Quote
+
+    def draft(self, shift_ns: int = 0) -> ingest_pb2.TickDraft:
+        """The tick to publish, its event time moved ``shift_ns`` later (a looped lap)."""
+        return make_draft(self.symbol, self.event_time_ns + shift_ns, self.body)
 
 
 def expand_paths(paths: Iterable[Path]) -> list[Path]:
@@ -134,7 +141,7 @@ class _FileParser:
                 self.skipped += 1
                 log.debug("%s: malformed %s message skipped: %s", self.path, kind, error)
                 continue
-            yield RecordedTick(receive_ns, TickDraft(symbol, event_ns, body))
+            yield RecordedTick(receive_ns, symbol, event_ns, body)
 
 
 def load_recording(paths: Iterable[Path]) -> tuple[list[RecordedTick], list[feed_pb2.SymbolInfo]]:
@@ -153,7 +160,7 @@ def load_recording(paths: Iterable[Path]) -> tuple[list[RecordedTick], list[feed
         for recorded in parser.ticks():
             ticks.append(recorded)
             count += 1
-            body = recorded.draft.body
+            body = recorded.body
             prices = (
                 (body.price,)
                 if isinstance(body, tick_pb2.Trade)
@@ -162,7 +169,7 @@ def load_recording(paths: Iterable[Path]) -> tuple[list[RecordedTick], list[feed
             sizes = (
                 (body.size,) if isinstance(body, tick_pb2.Trade) else (body.bid_size, body.ask_size)
             )
-            symbol = recorded.draft.symbol
+            symbol = recorded.symbol
             price_scale[symbol] = max(price_scale.get(symbol, 0), *map(_decimals, prices))
             size_scale[symbol] = max(size_scale.get(symbol, 0), *map(_decimals, sizes))
             venue[symbol] = "binance-usdm" if parser.perpetual else "binance-spot"
@@ -190,6 +197,8 @@ class ReplaySource:
     new offsets and sequence numbers. Without ``loop`` the source ends and the feed keeps serving.
     """
 
+    name = "replay"
+
     def __init__(self, paths: list[Path], speed: float, loop: bool) -> None:
         self._paths = paths
         self._speed = speed
@@ -205,7 +214,7 @@ class ReplaySource:
         )
         return infos
 
-    async def batches(self) -> AsyncIterator[list[TickDraft]]:
+    async def batches(self, handle: SourceHandle) -> AsyncIterator[list[ingest_pb2.TickDraft]]:
         ticks = self._ticks
         first, last = ticks[0].receive_ns, ticks[-1].receive_ns
         span_ns = last - first + 1_000_000_000
@@ -215,7 +224,7 @@ class ReplaySource:
             shift = lap * span_ns
             if self._speed == 0:
                 for start in range(0, len(ticks), FAST_BATCH):
-                    yield [_shifted(r.draft, shift) for r in ticks[start : start + FAST_BATCH]]
+                    yield [r.draft(shift) for r in ticks[start : start + FAST_BATCH]]
                     await asyncio.sleep(0)
             else:
                 started = clock()
@@ -226,18 +235,14 @@ class ReplaySource:
                     while end < limit and ticks[end].receive_ns - first <= elapsed_ns:
                         end += 1
                     if end > index:
-                        yield [_shifted(r.draft, shift) for r in ticks[index:end]]
+                        yield [r.draft(shift) for r in ticks[index:end]]
                         index = end
                     if index < len(ticks):
                         wait_ns = (ticks[index].receive_ns - first) - elapsed_ns
                         await asyncio.sleep(max(0.0, wait_ns / self._speed / 1e9))
             if not self._loop:
                 log.info("replay: recording ended after lap %d; serving history", lap + 1)
+                handle.ended(f"recording ended after lap {lap + 1}")
                 return
             lap += 1
 
-
-def _shifted(draft: TickDraft, shift_ns: int) -> TickDraft:
-    if shift_ns == 0:
-        return draft
-    return TickDraft(draft.symbol, draft.event_time_ns + shift_ns, draft.body)

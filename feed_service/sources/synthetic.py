@@ -8,9 +8,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from tickstream.v1 import feed_pb2, tick_pb2
+from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 
-from ..hub import TickDraft
+from ..ingest import make_draft
+from ..liveness import SourceHandle
 
 PRICE_SCALE = 2
 SIZE_SCALE = 0
@@ -41,6 +42,8 @@ class SyntheticSource:
     About 30% of ticks are trades at the bid or ask, the rest quotes.
     """
 
+    name = "synthetic"
+
     def __init__(self, symbols: list[str], seed: int, rate: float) -> None:
         self._symbols = list(dict.fromkeys(symbols))
         self._rng = random.Random(seed)
@@ -58,7 +61,7 @@ class SyntheticSource:
             for symbol in self._symbols
         ]
 
-    def next_draft(self, event_time_ns: int) -> TickDraft:
+    def next_draft(self, event_time_ns: int) -> ingest_pb2.TickDraft:
         """The next tick of the deterministic sequence, stamped with ``event_time_ns``."""
         rng = self._rng
         symbol = self._symbols[rng.randrange(len(self._symbols))]
@@ -84,9 +87,9 @@ class SyntheticSource:
                 ask_price=format_scaled(ask, PRICE_SCALE),
                 ask_size=str(rng.randint(1, 50) * 100),
             )
-        return TickDraft(symbol=symbol, event_time_ns=event_time_ns, body=body)
+        return make_draft(symbol, event_time_ns, body)
 
-    async def batches(self) -> AsyncIterator[list[TickDraft]]:
+    async def batches(self, handle: SourceHandle) -> AsyncIterator[list[ingest_pb2.TickDraft]]:
         loop = asyncio.get_running_loop()
         started = loop.time()
         emitted = 0

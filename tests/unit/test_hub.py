@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tickstream.v1 import feed_pb2, tick_pb2
+from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 
-from feed_service.hub import TickDraft, TickHub
+from feed_service.hub import TickHub
+from feed_service.ingest import make_draft
 
 
 def hub_with(*symbols: str) -> TickHub:
@@ -16,12 +17,12 @@ def hub_with(*symbols: str) -> TickHub:
     return hub
 
 
-def trade(symbol: str, price: str = "1.00") -> TickDraft:
-    return TickDraft(symbol, 1_000, tick_pb2.Trade(price=price, size="1"))
+def trade(symbol: str, price: str = "1.00") -> ingest_pb2.TickDraft:
+    return make_draft(symbol, 1_000, tick_pb2.Trade(price=price, size="1"))
 
 
-def quote(symbol: str) -> TickDraft:
-    return TickDraft(symbol, 2_000, tick_pb2.Quote(bid_price="1", ask_price="2"))
+def quote(symbol: str) -> ingest_pb2.TickDraft:
+    return make_draft(symbol, 2_000, tick_pb2.Quote(bid_price="1", ask_price="2"))
 
 
 def test_sequence_per_symbol_and_type_offset_feed_wide() -> None:

@@ -19,8 +19,8 @@ def test_real_file_parses_trades_and_quotes_exactly() -> None:
     assert [i.symbol for i in infos] == ["BTCUSDT"]
     assert (infos[0].price_scale, infos[0].size_scale) == (8, 8)
     assert infos[0].source == "replay:binance-spot"
-    trades = [t.draft for t in ticks if isinstance(t.draft.body, tick_pb2.Trade)]
-    quotes = [t.draft for t in ticks if isinstance(t.draft.body, tick_pb2.Quote)]
+    trades = [t for t in ticks if isinstance(t.body, tick_pb2.Trade)]
+    quotes = [t for t in ticks if isinstance(t.body, tick_pb2.Quote)]
     assert (len(trades), len(quotes)) == (9_757, 28_040)
     first = trades[0]
     assert first.body.price == "61837.63000000"
@@ -63,10 +63,10 @@ def test_perpetual_symbols_are_namespaced_and_garbage_skipped(tmp_path: Path) ->
         ],
     )
     ticks, infos = load_recording([path])
-    assert [t.draft.symbol for t in ticks] == ["BTCUSDT-PERP", "BTCUSDT-PERP"]
+    assert [t.symbol for t in ticks] == ["BTCUSDT-PERP", "BTCUSDT-PERP"]
     assert infos[0].source == "replay:binance-usdm"
-    assert ticks[1].draft.event_time_ns == 5_000_000, "bookTicker T is the event time"
-    assert ticks[0].draft.body.side == tick_pb2.SIDE_BUY
+    assert ticks[1].event_time_ns == 5_000_000, "bookTicker T is the event time"
+    assert ticks[0].body.side == tick_pb2.SIDE_BUY
 
 
 def test_missing_or_empty_paths_raise(tmp_path: Path) -> None:

@@ -51,6 +51,58 @@ RESET_REASON_SLOW_CONSUMER: ResetReason.ValueType  # 4
 """The subscriber fell behind the history while streaming."""
 Global___ResetReason: _TypeAlias = ResetReason  # noqa: Y015
 
+class _SymbolState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SymbolStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SymbolState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SYMBOL_STATE_UNSPECIFIED: _SymbolState.ValueType  # 0
+    SYMBOL_STATE_LIVE: _SymbolState.ValueType  # 1
+    """Ticks arrived within the symbol's stale time (or none are expected yet)."""
+    SYMBOL_STATE_STALE: _SymbolState.ValueType  # 2
+    """No tick for longer than the symbol's stale time: its last values may be out of date."""
+
+class SymbolState(_SymbolState, metaclass=_SymbolStateEnumTypeWrapper):
+    """Whether a symbol's ticks are flowing."""
+
+SYMBOL_STATE_UNSPECIFIED: SymbolState.ValueType  # 0
+SYMBOL_STATE_LIVE: SymbolState.ValueType  # 1
+"""Ticks arrived within the symbol's stale time (or none are expected yet)."""
+SYMBOL_STATE_STALE: SymbolState.ValueType  # 2
+"""No tick for longer than the symbol's stale time: its last values may be out of date."""
+Global___SymbolState: _TypeAlias = SymbolState  # noqa: Y015
+
+class _SourceState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SourceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SourceState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SOURCE_STATE_UNSPECIFIED: _SourceState.ValueType  # 0
+    SOURCE_STATE_CONNECTED: _SourceState.ValueType  # 1
+    """Connected (or loaded) and no tick yet."""
+    SOURCE_STATE_FLOWING: _SourceState.ValueType  # 2
+    """Ticks arrive within the stale time."""
+    SOURCE_STATE_STALE: _SourceState.ValueType  # 3
+    """Connected but no tick for longer than the stale time, or trying to reconnect."""
+    SOURCE_STATE_ENDED: _SourceState.ValueType  # 4
+    """Finished (a replay without --loop) or gone (a producer whose stream ended)."""
+
+class SourceState(_SourceState, metaclass=_SourceStateEnumTypeWrapper):
+    """The state of a source of ticks."""
+
+SOURCE_STATE_UNSPECIFIED: SourceState.ValueType  # 0
+SOURCE_STATE_CONNECTED: SourceState.ValueType  # 1
+"""Connected (or loaded) and no tick yet."""
+SOURCE_STATE_FLOWING: SourceState.ValueType  # 2
+"""Ticks arrive within the stale time."""
+SOURCE_STATE_STALE: SourceState.ValueType  # 3
+"""Connected but no tick for longer than the stale time, or trying to reconnect."""
+SOURCE_STATE_ENDED: SourceState.ValueType  # 4
+"""Finished (a replay without --loop) or gone (a producer whose stream ended)."""
+Global___SourceState: _TypeAlias = SourceState  # noqa: Y015
+
 @_typing.final
 class StreamPosition(_message.Message):
     """A point in the feed's history: offsets compare only within one epoch."""
@@ -231,30 +283,67 @@ class Reset(_message.Message):
 Global___Reset: _TypeAlias = Reset  # noqa: Y015
 
 @_typing.final
+class SymbolStatus(_message.Message):
+    """A change of a symbol's state. A stream carries one for each of its symbols that is stale
+    when it opens (after the opening Heartbeat), then one whenever a symbol of the stream turns
+    stale or live again. It is not a position in the stream: offsets are unaffected.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_TICK_TIME_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    state: Global___SymbolState.ValueType
+    @_builtins.property
+    def last_tick_time(self) -> _timestamp_pb2.Timestamp:
+        """When the feed accepted the symbol's last tick (unset when it never had one)."""
+
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        state: Global___SymbolState.ValueType = ...,
+        last_tick_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_tick_time", b"last_tick_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_tick_time", b"last_tick_time", "state", b"state", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SymbolStatus: _TypeAlias = SymbolStatus  # noqa: Y015
+
+@_typing.final
 class SubscribeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TICKS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ticks(self) -> Global___TickBatch: ...
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
     def reset(self) -> Global___Reset: ...
+    @_builtins.property
+    def status(self) -> Global___SymbolStatus: ...
     def __init__(
         self,
         *,
         ticks: Global___TickBatch | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         reset: Global___Reset | None = ...,
+        status: Global___SymbolStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "reset", b"reset", "ticks", b"ticks"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "reset", b"reset", "status", b"status", "ticks", b"ticks"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "reset", b"reset", "ticks", b"ticks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "reset", b"reset", "status", b"status", "ticks", b"ticks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["ticks", "heartbeat", "reset"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["ticks", "heartbeat", "reset", "status"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -285,13 +374,23 @@ class SymbolInfo(_message.Message):
     PRICE_SCALE_FIELD_NUMBER: _builtins.int
     SIZE_SCALE_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_TICK_TIME_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     price_scale: _builtins.int
     """Digits after the decimal point in prices."""
     size_scale: _builtins.int
     """Digits after the decimal point in sizes."""
     source: _builtins.str
-    """Where the ticks come from, e.g. "replay:binance-spot" or "synthetic"."""
+    """Where the ticks come from, e.g. "replay:binance-spot", "synthetic", "binance" or
+    "publish:<producer>".
+    """
+    state: Global___SymbolState.ValueType
+    """Whether the symbol's ticks are flowing."""
+    @_builtins.property
+    def last_tick_time(self) -> _timestamp_pb2.Timestamp:
+        """When the feed accepted the symbol's last tick (unset when it never had one)."""
+
     def __init__(
         self,
         *,
@@ -299,10 +398,12 @@ class SymbolInfo(_message.Message):
         price_scale: _builtins.int = ...,
         size_scale: _builtins.int = ...,
         source: _builtins.str = ...,
+        state: Global___SymbolState.ValueType = ...,
+        last_tick_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_tick_time", b"last_tick_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["price_scale", b"price_scale", "size_scale", b"size_scale", "source", b"source", "symbol", b"symbol"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_tick_time", b"last_tick_time", "price_scale", b"price_scale", "size_scale", b"size_scale", "source", b"source", "state", b"state", "symbol", b"symbol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -331,3 +432,78 @@ class ListSymbolsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSymbolsResponse: _TypeAlias = ListSymbolsResponse  # noqa: Y015
+
+@_typing.final
+class ListSourcesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSourcesRequest: _TypeAlias = ListSourcesRequest  # noqa: Y015
+
+@_typing.final
+class SourceInfo(_message.Message):
+    """One source: a built-in source ("replay", "synthetic", "binance") or a producer's Publish
+    stream ("publish:<producer>").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_TICK_TIME_FIELD_NUMBER: _builtins.int
+    TICKS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    state: Global___SourceState.ValueType
+    ticks: _builtins.int
+    """Ticks accepted from the source."""
+    detail: _builtins.str
+    """Human-readable detail of the state, e.g. the last connection error."""
+    @_builtins.property
+    def last_tick_time(self) -> _timestamp_pb2.Timestamp:
+        """When the feed accepted the source's last tick (unset when it never had one)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: Global___SourceState.ValueType = ...,
+        last_tick_time: _timestamp_pb2.Timestamp | None = ...,
+        ticks: _builtins.int = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_tick_time", b"last_tick_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "last_tick_time", b"last_tick_time", "name", b"name", "state", b"state", "ticks", b"ticks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceInfo: _TypeAlias = SourceInfo  # noqa: Y015
+
+@_typing.final
+class ListSourcesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceInfo]: ...
+    def __init__(
+        self,
+        *,
+        sources: _abc.Iterable[Global___SourceInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSourcesResponse: _TypeAlias = ListSourcesResponse  # noqa: Y015

@@ -45,6 +45,11 @@ class FeedServiceStub:
                 request_serializer=tickstream_dot_v1_dot_feed__pb2.ListSymbolsRequest.SerializeToString,
                 response_deserializer=tickstream_dot_v1_dot_feed__pb2.ListSymbolsResponse.FromString,
                 _registered_method=True)
+        self.ListSources = channel.unary_unary(
+                '/tickstream.v1.FeedService/ListSources',
+                request_serializer=tickstream_dot_v1_dot_feed__pb2.ListSourcesRequest.SerializeToString,
+                response_deserializer=tickstream_dot_v1_dot_feed__pb2.ListSourcesResponse.FromString,
+                _registered_method=True)
 
 
 class FeedServiceServicer:
@@ -68,6 +73,13 @@ class FeedServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSources(self, request, context):
+        """The feed's sources (built-in and producer streams) and their states.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +92,11 @@ def add_FeedServiceServicer_to_server(servicer, server):
                     servicer.ListSymbols,
                     request_deserializer=tickstream_dot_v1_dot_feed__pb2.ListSymbolsRequest.FromString,
                     response_serializer=tickstream_dot_v1_dot_feed__pb2.ListSymbolsResponse.SerializeToString,
+            ),
+            'ListSources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSources,
+                    request_deserializer=tickstream_dot_v1_dot_feed__pb2.ListSourcesRequest.FromString,
+                    response_serializer=tickstream_dot_v1_dot_feed__pb2.ListSourcesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +154,33 @@ class FeedService:
             '/tickstream.v1.FeedService/ListSymbols',
             tickstream_dot_v1_dot_feed__pb2.ListSymbolsRequest.SerializeToString,
             tickstream_dot_v1_dot_feed__pb2.ListSymbolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tickstream.v1.FeedService/ListSources',
+            tickstream_dot_v1_dot_feed__pb2.ListSourcesRequest.SerializeToString,
+            tickstream_dot_v1_dot_feed__pb2.ListSourcesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,8 @@ class FeedServiceStub:
     """
     ListSymbols: _grpc.UnaryUnaryMultiCallable[_feed_pb2.ListSymbolsRequest, _feed_pb2.ListSymbolsResponse]
     """The symbols the feed serves, with their metadata."""
+    ListSources: _grpc.UnaryUnaryMultiCallable[_feed_pb2.ListSourcesRequest, _feed_pb2.ListSourcesResponse]
+    """The feed's sources (built-in and producer streams) and their states."""
 
 @_typing.type_check_only
 class FeedServiceAsyncStub(FeedServiceStub):
@@ -55,6 +57,8 @@ class FeedServiceAsyncStub(FeedServiceStub):
     """
     ListSymbols: _aio.UnaryUnaryMultiCallable[_feed_pb2.ListSymbolsRequest, _feed_pb2.ListSymbolsResponse]  # type: ignore[assignment]
     """The symbols the feed serves, with their metadata."""
+    ListSources: _aio.UnaryUnaryMultiCallable[_feed_pb2.ListSourcesRequest, _feed_pb2.ListSourcesResponse]  # type: ignore[assignment]
+    """The feed's sources (built-in and producer streams) and their states."""
 
 class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
     """Streams numbered ticks per symbol, with history for resume."""
@@ -78,5 +82,13 @@ class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_feed_pb2.ListSymbolsResponse, _abc.Awaitable[_feed_pb2.ListSymbolsResponse]]:
         """The symbols the feed serves, with their metadata."""
+
+    @_abc_1.abstractmethod
+    def ListSources(
+        self,
+        request: _feed_pb2.ListSourcesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feed_pb2.ListSourcesResponse, _abc.Awaitable[_feed_pb2.ListSourcesResponse]]:
+        """The feed's sources (built-in and producer streams) and their states."""
 
 def add_FeedServiceServicer_to_server(servicer: FeedServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

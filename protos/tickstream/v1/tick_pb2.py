@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tickstream/v1/tick.proto\x12\rtickstream.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x05Trade\x12\r\n\x05price\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\t\x12\x10\n\x08trade_id\x18\x03 \x01(\t\x12!\n\x04side\x18\x04 \x01(\x0e\x32\x13.tickstream.v1.Side\"Q\n\x05Quote\x12\x11\n\tbid_price\x18\x01 \x01(\t\x12\x10\n\x08\x62id_size\x18\x02 \x01(\t\x12\x11\n\task_price\x18\x03 \x01(\t\x12\x10\n\x08\x61sk_size\x18\x04 \x01(\t\"\xef\x01\n\x04Tick\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bingest_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05trade\x18\x06 \x01(\x0b\x32\x14.tickstream.v1.TradeH\x00\x12%\n\x05quote\x18\x07 \x01(\x0b\x32\x14.tickstream.v1.QuoteH\x00\x42\x06\n\x04\x62ody*O\n\x08TickType\x12\x19\n\x15TICK_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTICK_TYPE_TRADE\x10\x01\x12\x13\n\x0fTICK_TYPE_QUOTE\x10\x02*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tickstream/v1/tick.proto\x12\rtickstream.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x05Trade\x12\r\n\x05price\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\t\x12\x10\n\x08trade_id\x18\x03 \x01(\t\x12!\n\x04side\x18\x04 \x01(\x0e\x32\x13.tickstream.v1.Side\"Q\n\x05Quote\x12\x11\n\tbid_price\x18\x01 \x01(\t\x12\x10\n\x08\x62id_size\x18\x02 \x01(\t\x12\x11\n\task_price\x18\x03 \x01(\t\x12\x10\n\x08\x61sk_size\x18\x04 \x01(\t\"\xef\x01\n\x04Tick\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bingest_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05trade\x18\x06 \x01(\x0b\x32\x14.tickstream.v1.TradeH\x00\x12%\n\x05quote\x18\x07 \x01(\x0b\x32\x14.tickstream.v1.QuoteH\x00\x42\x06\n\x04\x62ody*O\n\x08TickType\x12\x19\n\x15TICK_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTICK_TYPE_TRADE\x10\x01\x12\x13\n\x0fTICK_TYPE_QUOTE\x10\x02*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02\x42\x64\n\x11\x64\x65v.tickstream.v1B\tTickProtoP\x01ZBgithub.com/tickstream/tickstream/gen/go/tickstream/v1;tickstreamv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tickstream.v1.tick_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.tickstream.v1B\tTickProtoP\001ZBgithub.com/tickstream/tickstream/gen/go/tickstream/v1;tickstreamv1'
   _globals['_TICKTYPE']._serialized_start=492
   _globals['_TICKTYPE']._serialized_end=571
   _globals['_SIDE']._serialized_start=573

@@ -1,0 +1,231 @@
+"""The one way in: validate, deduplicate and number tick drafts from any source.
+
+Producers' ``Publish`` streams and the built-in sources (replay, synthetic, binance) all store
+ticks through :meth:`Ingestor.ingest`, so a tick is checked and numbered the same way whoever
+sent it. A batch is atomic: the first invalid tick raises :class:`InvalidDraft` naming its index
+and field before anything of the batch is stored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
+
+from .errors import InvalidRequest, LimitExceeded
+from .hub import TickHub
+from .liveness import Liveness, SourceHandle
+from .symbols import SYMBOL_PATTERN, is_valid_symbol
+
+DECIMAL_PATTERN = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?")
+"""Prices and sizes: digits, optionally a point and more digits; no sign, exponent or spaces."""
+MAX_DEDUP_ID = 128
+MAX_TRADE_ID = 128
+MAX_TIMESTAMP_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the protobuf Timestamp range
+TRADE_DECIMALS = ("price", "size")
+QUOTE_DECIMALS = ("bid_price", "bid_size", "ask_price", "ask_size")
+
+
+class InvalidDraft(InvalidRequest):
+    """A tick of a batch is malformed: INVALID_ARGUMENT; nothing of the batch is stored."""
+
+    def __init__(self, index: int, field: str, problem: str) -> None:
+        super().__init__(
+            f"ticks[{index}].{field}: {problem}; the batch was rejected and nothing of it stored"
+        )
+        self.index = index
+        self.field = field
+
+
+def make_draft(
+    symbol: str, event_time_ns: int, body: tick_pb2.Trade | tick_pb2.Quote, dedup_id: str = ""
+) -> ingest_pb2.TickDraft:
+    """A ``TickDraft`` message; ``event_time_ns`` in ns since the Unix epoch (UTC)."""
+    draft = ingest_pb2.TickDraft(symbol=symbol, dedup_id=dedup_id)
+    if isinstance(body, tick_pb2.Trade):
+        draft.trade.CopyFrom(body)
+    else:
+        draft.quote.CopyFrom(body)
+    draft.event_time.FromNanoseconds(event_time_ns)
+    return draft
+
+
+def _shown(text: str) -> str:
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
+
+
+def _check_decimals(index: int, body: object, prefix: str, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(body, name)
+        if not DECIMAL_PATTERN.fullmatch(value):
+            problem = "is empty" if not value else f"{_shown(value)} is not a decimal string"
+            raise InvalidDraft(
+                index, f"{prefix}.{name}", f"{problem} (expected {DECIMAL_PATTERN.pattern})"
+            )
+
+
+def check_draft(index: int, draft: ingest_pb2.TickDraft) -> None:
+    """Raise :class:`InvalidDraft` naming the first malformed field of ``draft``."""
+    symbol = draft.symbol
+    if not symbol:
+        raise InvalidDraft(index, "symbol", "is empty")
+    if not is_valid_symbol(symbol):
+        raise InvalidDraft(
+            index, "symbol", f"{_shown(symbol)} does not match {SYMBOL_PATTERN.pattern}"
+        )
+    body = draft.WhichOneof("body")
+    if body is None:
+        raise InvalidDraft(index, "body", "is missing: set trade or quote")
+    if body == "trade":
+        trade = draft.trade
+        _check_decimals(index, trade, "trade", TRADE_DECIMALS)
+        if len(trade.trade_id) > MAX_TRADE_ID:
+            raise InvalidDraft(index, "trade.trade_id", f"is over {MAX_TRADE_ID} characters")
+        if trade.side not in tick_pb2.Side.values():
+            raise InvalidDraft(index, "trade.side", f"{trade.side} is not a Side")
+    else:
+        quote = draft.quote
+        _check_decimals(index, quote, "quote", QUOTE_DECIMALS)
+        if Decimal(quote.bid_price) > Decimal(quote.ask_price):
+            raise InvalidDraft(
+                index,
+                "quote.bid_price",
+                f"{quote.bid_price} is above quote.ask_price {quote.ask_price}",
+            )
+    if len(draft.dedup_id) > MAX_DEDUP_ID:
+        raise InvalidDraft(index, "dedup_id", f"is over {MAX_DEDUP_ID} characters")
+    if draft.HasField("event_time"):
+        stamp = draft.event_time
+        if not (0 <= stamp.seconds <= MAX_TIMESTAMP_S and 0 <= stamp.nanos < 1_000_000_000):
+            raise InvalidDraft(index, "event_time", "is outside 1970-01-01..9999-12-31")
+
+
+class DedupWindow:
+    """The last ``capacity`` (symbol, dedup id) pairs stored, feed-wide, oldest forgotten first.
+
+    Memory is bounded by ``capacity`` (about 200 bytes a pair); 0 turns deduplication off.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._order: deque[tuple[str, str]] = deque()
+        self._seen: set[tuple[str, str]] = set()
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, key: tuple[str, str]) -> None:
+        if self.capacity == 0 or key in self._seen:
+            return
+        self._seen.add(key)
+        self._order.append(key)
+        if len(self._order) > self.capacity:
+            self._seen.discard(self._order.popleft())
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What became of a batch: ticks stored, duplicates skipped, the last offset stored (the
+    head offset when nothing was)."""
+
+    accepted: int
+    duplicates: int
+    last_offset: int
+
+
+def _decimals(value: str) -> int:
+    point = value.find(".")
+    return 0 if point < 0 else len(value) - point - 1
+
+
+class Ingestor:
+    """Validates, deduplicates and numbers batches into the hub; the single way in.
+
+    ``max_symbols`` caps how many symbols the feed serves: a batch that would introduce more
+    raises LimitExceeded (RESOURCE_EXHAUSTED) naming the tick. Symbols first seen in a batch
+    are declared with the source's name and the most decimals seen in their prices and sizes.
+    """
+
+    def __init__(
+        self, hub: TickHub, liveness: Liveness, dedup_window: int, max_symbols: int
+    ) -> None:
+        self._hub = hub
+        self._liveness = liveness
+        self.dedup = DedupWindow(dedup_window)
+        self._max_symbols = max_symbols
+        self._scales: dict[str, tuple[int, int]] = {}
+
+    def ingest(self, drafts: Sequence[ingest_pb2.TickDraft], source: SourceHandle) -> IngestResult:
+        """Store ``drafts`` in order, all or nothing.
+
+        Raises InvalidDraft (a malformed tick, nothing stored) or LimitExceeded (the symbol cap).
+        """
+        hub = self._hub
+        for index, draft in enumerate(drafts):
+            check_draft(index, draft)
+        self._declare_new_symbols(drafts, source.name)
+        kept = self._without_duplicates(drafts)
+        if not kept:
+            return IngestResult(0, len(drafts), hub.head_offset)
+        now_ns = hub.clock_ns()
+        self._liveness.touch({draft.symbol for draft in kept}, now_ns)
+        last = hub.publish(kept, now_ns)
+        dedup = self.dedup
+        for draft in kept:
+            if draft.dedup_id:
+                dedup.add((draft.symbol, draft.dedup_id))
+        source.record(len(kept), now_ns)
+        return IngestResult(len(kept), len(drafts) - len(kept), last)
+
+    def _without_duplicates(
+        self, drafts: Sequence[ingest_pb2.TickDraft]
+    ) -> Sequence[ingest_pb2.TickDraft]:
+        dedup = self.dedup
+        if dedup.capacity == 0 or not any(draft.dedup_id for draft in drafts):
+            return drafts
+        kept: list[ingest_pb2.TickDraft] = []
+        in_batch: set[tuple[str, str]] = set()
+        for draft in drafts:
+            if draft.dedup_id:
+                key = (draft.symbol, draft.dedup_id)
+                if key in dedup or key in in_batch:
+                    continue
+                in_batch.add(key)
+            kept.append(draft)
+        return kept
+
+    def _declare_new_symbols(self, drafts: Sequence[ingest_pb2.TickDraft], origin: str) -> None:
+        hub, scales = self._hub, self._scales
+        new: dict[str, tuple[int, int]] = {}
+        for index, draft in enumerate(drafts):
+            symbol = draft.symbol
+            if hub.knows(symbol):
+                continue
+            if symbol not in new and hub.symbol_count + len(new) >= self._max_symbols:
+                raise LimitExceeded(
+                    f"ticks[{index}].symbol: {symbol} would be symbol number "
+                    f"{hub.symbol_count + len(new) + 1}, over the feed's cap of "
+                    f"{self._max_symbols} (--max-symbols); nothing of the batch was stored"
+                )
+            price, size = new.get(symbol, scales.get(symbol, (0, 0)))
+            if draft.HasField("trade"):
+                price = max(price, _decimals(draft.trade.price))
+                size = max(size, _decimals(draft.trade.size))
+            else:
+                quote = draft.quote
+                price = max(price, _decimals(quote.bid_price), _decimals(quote.ask_price))
+                size = max(size, _decimals(quote.bid_size), _decimals(quote.ask_size))
+            new[symbol] = (price, size)
+        if new:
+            scales.update(new)
+            hub.add_symbols(
+                feed_pb2.SymbolInfo(symbol=s, price_scale=p, size_scale=z, source=origin)
+                for s, (p, z) in new.items()
+            )
