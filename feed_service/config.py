@@ -71,8 +71,10 @@ class FeedSettings(BaseSettings):
         description="Per-symbol stale times overriding --stale-after, e.g. BTCUSDT=2,ILLIQ=300.",
     )
     max_symbols: int = Field(
-        10_000, ge=1, description="Most symbols the feed serves; producers' new symbols past it "
-        "are refused (RESOURCE_EXHAUSTED)."
+        10_000,
+        ge=1,
+        description="Most symbols the feed serves; producers' new symbols past it "
+        "are refused (RESOURCE_EXHAUSTED).",
     )
     max_batch: int = Field(
         1_000, ge=1, le=100_000, description="Most ticks in one Publish batch (INVALID_ARGUMENT)."

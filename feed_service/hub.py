@@ -12,6 +12,7 @@ from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 from .history import TickHistory
 from .wire import StoredTick
 
+
 def tick_type_of(tick: tick_pb2.Tick) -> int:
     """The ``TickType`` value of a tick's body (TICK_TYPE_TRADE or TICK_TYPE_QUOTE)."""
     return tick_pb2.TICK_TYPE_TRADE if tick.HasField("trade") else tick_pb2.TICK_TYPE_QUOTE

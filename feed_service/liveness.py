@@ -145,7 +145,9 @@ class Liveness:
         clock = self._symbols.get(symbol) or _SymbolClock()
         return self._status(symbol, clock)
 
-    def changes_since(self, version: int, symbols: frozenset[str]) -> Iterator[feed_pb2.SymbolStatus]:
+    def changes_since(
+        self, version: int, symbols: frozenset[str]
+    ) -> Iterator[feed_pb2.SymbolStatus]:
         """State changes of ``symbols`` after ``version``, oldest first. When the log no longer
         reaches back that far, the current state of every symbol that changed meanwhile."""
         log = self._log

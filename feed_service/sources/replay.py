@@ -245,4 +245,3 @@ class ReplaySource:
                 handle.ended(f"recording ended after lap {lap + 1}")
                 return
             lap += 1
-
