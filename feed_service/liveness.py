@@ -20,6 +20,7 @@ FLOWING = feed_pb2.SOURCE_STATE_FLOWING
 STALE = feed_pb2.SOURCE_STATE_STALE
 ENDED = feed_pb2.SOURCE_STATE_ENDED
 STATUS_LOG_SIZE = 4_096
+MAX_SOURCES = 1_000  # ended sources beyond this are forgotten, oldest first
 
 
 @dataclass(slots=True)
@@ -97,6 +98,10 @@ class Liveness:
         """The handle named ``name``, created on first use."""
         handle = self.sources.get(name)
         if handle is None:
+            if len(self.sources) >= MAX_SOURCES:
+                ended = [n for n, h in self.sources.items() if h.state == ENDED]
+                for old in ended[: len(self.sources) - MAX_SOURCES + 1]:
+                    del self.sources[old]
             handle = self.sources[name] = SourceHandle(name)
         return handle
 
@@ -145,6 +150,14 @@ class Liveness:
         clock = self._symbols.get(symbol) or _SymbolClock()
         return self._status(symbol, clock)
 
+    def status_fields(self, symbol: str) -> feed_pb2.SymbolInfo:
+        """A ``SymbolInfo`` holding only the symbol's ``state`` and ``last_tick_time``."""
+        status = self.status(symbol)
+        info = feed_pb2.SymbolInfo(state=status.state)
+        if status.HasField("last_tick_time"):
+            info.last_tick_time.CopyFrom(status.last_tick_time)
+        return info
+
     def changes_since(
         self, version: int, symbols: frozenset[str]
     ) -> Iterator[feed_pb2.SymbolStatus]:
@@ -161,7 +174,7 @@ class Liveness:
     def ages(self, now_ns: int | None = None) -> Iterator[tuple[str, float]]:
         """(symbol, seconds since its last tick) for every symbol that had one."""
         now_ns = self.clock_ns() if now_ns is None else now_ns
-        for symbol, clock in self._symbols.items():
+        for symbol, clock in list(self._symbols.items()):  # metrics read from another thread
             if clock.last_tick_ns:
                 yield symbol, max(0.0, (now_ns - clock.last_tick_ns) / 1e9)
 

@@ -4,12 +4,18 @@ Tokens travel in the ``authorization`` metadata as ``Bearer <token>`` (the gRPC 
 bearer credentials). The tokens file is JSON::
 
     {"clients": [{"name": "edge-1", "token": "...", "symbols": ["*"]},
-                 {"name": "quant-team", "token": "...", "symbols": ["BTC*", "ETH*"]}]}
+                 {"name": "quant-team", "token": "...", "symbols": ["BTC*", "ETH*"]},
+                 {"name": "pricer", "token": "...", "publish": ["FX.*"],
+                  "max_rate": 50000, "max_batch": 500}]}
 
-``symbols`` are shell-style patterns (default ``["*"]``). A call to ``tickstream.v1.FeedService``
-without a known token ends with UNAUTHENTICATED (checked by :class:`TokenInterceptor`, before
-the method runs); a Subscribe naming a symbol its token does not allow ends with
-PERMISSION_DENIED (checked by the servicer, which sees the request). Health and reflection stay
+``symbols`` (or its synonym ``subscribe``) are the shell-style patterns a client may subscribe to
+(default ``["*"]``, or none when the entry has ``publish``); ``publish`` the patterns it may
+publish (default: none, so a subscriber token cannot publish). ``max_rate`` (ticks per second,
+a one-second burst) and ``max_batch`` (ticks per batch) limit a producer: past them Publish ends
+with RESOURCE_EXHAUSTED. A call to ``tickstream.v1.FeedService`` or ``IngestService`` without a
+known token ends with UNAUTHENTICATED (checked by :class:`TokenInterceptor`, before the method
+runs); a Subscribe or Publish naming a symbol its token does not allow ends with
+PERMISSION_DENIED (checked by the servicers, which see the requests). Health and reflection stay
 open, so orchestrators and tools can probe the feed.
 """
 
@@ -27,18 +33,26 @@ import grpc
 
 from .config import FeedSettings
 
-FEED_METHOD_PREFIX = "/tickstream.v1.FeedService/"
+GUARDED_PREFIXES = ("/tickstream.v1.FeedService/", "/tickstream.v1.IngestService/")
 
 
 @dataclass(frozen=True, slots=True)
 class ClientGrant:
-    """A client named in the tokens file and the symbol patterns it may subscribe to."""
+    """A client named in the tokens file: the symbol patterns it may subscribe to and publish,
+    and its producer limits (None: unlimited)."""
 
     name: str
     symbols: tuple[str, ...]
+    publish: tuple[str, ...] = ()
+    max_rate: float | None = None
+    max_batch: int | None = None
 
     def allows(self, symbol: str) -> bool:
+        """May subscribe to ``symbol``."""
         return any(fnmatch.fnmatchcase(symbol, pattern) for pattern in self.symbols)
+
+    def may_publish(self, symbol: str) -> bool:
+        return any(fnmatch.fnmatchcase(symbol, pattern) for pattern in self.publish)
 
 
 class TokenTable:
@@ -61,13 +75,12 @@ class TokenTable:
             raise ValueError(f"{path}: clients must be a list")
         entries = []
         for index, client in enumerate(clients):
+            if not isinstance(client, dict):
+                raise ValueError(f"{path}: clients[{index}] must be an object")
             name, token = client.get("name"), client.get("token")
-            symbols = client.get("symbols", ["*"])
             if not (isinstance(name, str) and name and isinstance(token, str) and token):
                 raise ValueError(f"{path}: clients[{index}] needs a non-empty name and token")
-            if not (isinstance(symbols, list) and all(isinstance(s, str) for s in symbols)):
-                raise ValueError(f"{path}: clients[{index}].symbols must be a list of strings")
-            entries.append((token, ClientGrant(name, tuple(symbols))))
+            entries.append((token, _grant(path, index, name, client)))
         return cls(entries)
 
     def lookup(self, metadata: Iterable[tuple[str, Any]] | None) -> ClientGrant | None:
@@ -83,6 +96,39 @@ class TokenTable:
         return found
 
 
+def _patterns(path: Path, index: int, client: dict[str, Any], key: str, default: Any) -> Any:
+    value = client.get(key, default)
+    if not (isinstance(value, list) and all(isinstance(p, str) for p in value)):
+        raise ValueError(f"{path}: clients[{index}].{key} must be a list of strings")
+    return tuple(value)
+
+
+def _limit(path: Path, index: int, client: dict[str, Any], key: str) -> Any:
+    value = client.get(key)
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+    ):
+        raise ValueError(f"{path}: clients[{index}].{key} must be a positive number")
+    return value
+
+
+def _grant(path: Path, index: int, name: str, client: dict[str, Any]) -> ClientGrant:
+    """One entry's grant; a bare string for patterns (``"BTC*"``, which would read as the
+    patterns B, T, C and *) or a non-positive limit is a ValueError."""
+    publish = _patterns(path, index, client, "publish", [])
+    default_subscribe = [] if "publish" in client else ["*"]
+    key = "subscribe" if "subscribe" in client else "symbols"
+    symbols = _patterns(path, index, client, key, default_subscribe)
+    max_batch = _limit(path, index, client, "max_batch")
+    return ClientGrant(
+        name,
+        symbols,
+        publish,
+        _limit(path, index, client, "max_rate"),
+        int(max_batch) if max_batch is not None else None,
+    )
+
+
 def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str):
@@ -93,7 +139,8 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Ends FeedService calls without a known bearer token with UNAUTHENTICATED."""
+    """Ends FeedService and IngestService calls without a known bearer token with
+    UNAUTHENTICATED."""
 
     def __init__(self, table: TokenTable) -> None:
         self._table = table
@@ -105,7 +152,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method  # type: ignore[attr-defined]
-        if handler is None or not method.startswith(FEED_METHOD_PREFIX):
+        if handler is None or not method.startswith(GUARDED_PREFIXES):
             return handler
         metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
         if self._table.lookup(metadata) is not None:
@@ -125,6 +172,8 @@ def _refusal(handler: grpc.RpcMethodHandler, details: str) -> grpc.RpcMethodHand
     }
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(refuse, **kwargs)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
     return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
 
 

@@ -11,11 +11,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-from tickstream.v1 import feed_pb2
+from tickstream.v1 import feed_pb2, ingest_pb2, ingest_pb2_grpc
 
 from .config import FeedSettings
+from .errors import FeedError
 from .hub import TickHub
+from .ingest import Ingestor
+from .liveness import Liveness
 from .metrics import FeedMetrics
+from .publish import IngestServicer
 from .security import TokenInterceptor, TokenTable, server_credentials
 from .servicer import FeedServicer, add_to_server
 from .sources.base import TickSource
@@ -25,6 +29,8 @@ from .sources.synthetic import SyntheticSource
 log = logging.getLogger(__name__)
 
 FEED_SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
+INGEST_SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+SWEEP_INTERVAL_S = 0.25  # how often quiet symbols are checked for staleness
 SERVER_OPTIONS = [
     # One feed per port: without this gRPC sets SO_REUSEPORT and a second feed would share it.
     ("grpc.so_reuseport", 0),
@@ -36,12 +42,19 @@ SERVER_OPTIONS = [
 ]
 
 
-def build_source(settings: FeedSettings) -> TickSource:
-    """The source named by ``settings.source``. Raises ValueError for replay with no path."""
+def build_source(settings: FeedSettings) -> TickSource | None:
+    """The source named by ``settings.source``; None for ``none`` (producers only).
+    Raises ValueError for replay with no path."""
+    if settings.source == "none":
+        return None
     if settings.source == "replay":
         if not settings.replay_path:
             raise ValueError("--source replay needs at least one --replay-path")
         return ReplaySource(settings.replay_path, settings.speed, settings.loop)
+    if settings.source == "binance":
+        from .sources.binance import BinanceSource
+
+        return BinanceSource(settings.symbols, settings.binance_url)
     return SyntheticSource(settings.symbols, settings.seed, settings.rate)
 
 
@@ -52,25 +65,38 @@ class FeedServer:
         self.settings = settings
         self.metrics = FeedMetrics()
         self.hub = TickHub(settings.history_size)
+        self.liveness = Liveness(settings.stale_after, dict(settings.stale_after_symbol))
+        self.metrics.watch(self.liveness)
+        self.ingestor = Ingestor(
+            self.hub, self.liveness, settings.dedup_window, settings.max_symbols
+        )
         self.source = source or build_source(settings)
-        self.servicer = FeedServicer(self.hub, self.metrics, settings.heartbeat_interval)
+        self.servicer = FeedServicer(
+            self.hub, self.metrics, settings.heartbeat_interval, self.liveness
+        )
         self.health = health.aio.HealthServicer()
         self.credentials = server_credentials(settings)
         tokens = TokenTable.from_file(settings.client_tokens) if settings.client_tokens else None
         self.servicer.tokens = tokens
+        self.ingest = IngestServicer(
+            self.hub, self.ingestor, self.liveness, self.metrics, settings.max_batch, tokens
+        )
         self.server = grpc.aio.server(
             options=SERVER_OPTIONS,
             interceptors=[TokenInterceptor(tokens)] if tokens is not None else None,
         )
         add_to_server(self.servicer, self.server)
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(self.ingest, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (FEED_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (FEED_SERVICE_NAME, INGEST_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server,
         )
         self.port = 0
         self.metrics_port: int | None = None
         self._source_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind the port (logging the address) and start loading and publishing the source."""
@@ -93,7 +119,7 @@ class FeedServer:
                 self.port = self.server.add_insecure_port(address)
         except RuntimeError:
             raise OSError(f"cannot bind {address}: address in use or not available") from None
-        for service in ("", FEED_SERVICE_NAME):
+        for service in ("", FEED_SERVICE_NAME, INGEST_SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         log.info(
@@ -103,6 +129,7 @@ class FeedServer:
             log.info("feed_service metrics on http://%s:%d/metrics", shown_host, self.metrics_port)
         self._source_task = asyncio.create_task(self._run_source(), name="feed-source")
         self._sampler = asyncio.create_task(self._sample(), name="feed-sampler")
+        self._sweeper = asyncio.create_task(self._sweep(), name="feed-staleness")
 
     async def _sample(self) -> None:
         """Gauges that must be read on the event loop (metrics are served from a thread)."""
@@ -110,31 +137,56 @@ class FeedServer:
             self.metrics.tasks.set(len(asyncio.all_tasks()))
             await asyncio.sleep(1.0)
 
+    async def _sweep(self) -> None:
+        """Mark quiet symbols and sources stale; wake streams when a symbol's state changed."""
+        liveness = self.liveness
+        while True:
+            seen = liveness.version
+            liveness.sweep()
+            if liveness.version != seen:
+                self.hub.wake_waiters()
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+
+    async def _ready(self, detail: str) -> None:
+        self.hub.ready = True
+        for service in ("", FEED_SERVICE_NAME, INGEST_SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("feed ready: %s, health SERVING", detail)
+
     async def _run_source(self) -> None:
+        """Load the built-in source, then store its batches through the ingest path."""
+        source = self.source
+        if source is None:
+            await self._ready("no built-in source, producers only")
+            return
         try:
-            infos = await self.source.load()
+            infos = await source.load()
         except Exception:
             log.exception("feed source failed to load; the feed stays NOT_SERVING")
             return
         self.hub.add_symbols(infos)
-        self.hub.ready = True
-        for service in ("", FEED_SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("feed source ready: %d symbols, health SERVING", len(infos))
+        handle = self.liveness.source(source.name)
+        await self._ready(f"source {source.name}, {len(infos)} symbols")
         metrics = self.metrics
-        async for batch in self.source.batches():
-            head = self.hub.publish(batch)
-            metrics.ticks_published.inc(len(batch))
-            metrics.head_offset.set(head)
+        async for batch in source.batches(handle):
+            try:
+                result = self.ingestor.ingest(batch, handle)
+            except FeedError as error:  # a source's bad tick: log it, keep the source running
+                log.warning("source %s: batch of %d refused: %s", source.name, len(batch), error)
+                continue
+            metrics.ticks_published.inc(result.accepted)
+            metrics.head_offset.set(result.last_offset)
 
     async def stop(self) -> None:
         """Drain: NOT_SERVING, end every stream with UNAVAILABLE, stop within the grace period."""
         log.info("feed_service draining (grace %.1fs)", self.settings.grace_period)
         await self.health.enter_graceful_shutdown()
         self.servicer.closing = True
+        self.ingest.closing = True
         self.hub.wake_waiters()
-        if self._sampler is not None:
-            self._sampler.cancel()
+        for task in (self._sampler, self._sweeper):
+            if task is not None:
+                task.cancel()
         if self._source_task is not None:
             self._source_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

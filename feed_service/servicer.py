@@ -11,6 +11,7 @@ from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
 from .errors import FeedError, InvalidRequest, NotReady, UnknownSymbol
 from .hub import TickHub
+from .liveness import Liveness
 from .metrics import FeedMetrics
 from .security import TokenTable
 from .symbols import SYMBOL_PATTERN, is_valid_symbol
@@ -94,8 +95,15 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     UNAVAILABLE.
     """
 
-    def __init__(self, hub: TickHub, metrics: FeedMetrics, heartbeat_interval: float) -> None:
+    def __init__(
+        self,
+        hub: TickHub,
+        metrics: FeedMetrics,
+        heartbeat_interval: float,
+        liveness: Liveness | None = None,
+    ) -> None:
         self._hub = hub
+        self._liveness = liveness or Liveness(stale_after=10.0)
         self._metrics = metrics
         self._heartbeat_interval = heartbeat_interval
         self.closing = False
@@ -187,6 +195,13 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             response.ticks.ticks.extend(hub.snapshot(plan.symbols, plan.types))
             response.ticks.head_offset = cursor
             opening.append(response)
+        liveness = self._liveness
+        status_seen = liveness.version
+        opening.extend(
+            feed_pb2.SubscribeResponse(status=liveness.status(symbol))
+            for symbol in sorted(plan.symbols)
+            if liveness.is_stale(symbol)
+        )
         for message in opening:
             yield message
         symbols, types = plan.symbols, plan.types
@@ -206,6 +221,13 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                     "the subscriber fell behind the retained history",
                 )
                 last_sent = clock()
+            if liveness.version != status_seen:
+                # State changes come before the ticks stored after them: "live" precedes the
+                # tick that revived a stale symbol.
+                for status in liveness.changes_since(status_seen, symbols):
+                    yield feed_pb2.SubscribeResponse(status=status)
+                    last_sent = clock()
+                status_seen = liveness.version
             batch: list[StoredTick] = []
             scanned = cursor
             for tick in history.after(cursor, SCAN_LIMIT):
@@ -233,7 +255,19 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     ) -> feed_pb2.ListSymbolsResponse:
         if not self._hub.ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the feed is still loading its source")
-        return feed_pb2.ListSymbolsResponse(symbols=self._hub.symbols(), epoch=self._hub.epoch)
+        infos = []
+        for known in self._hub.symbols():
+            info = feed_pb2.SymbolInfo()
+            info.CopyFrom(known)
+            info.MergeFrom(self._liveness.status_fields(known.symbol))
+            infos.append(info)
+        return feed_pb2.ListSymbolsResponse(symbols=infos, epoch=self._hub.epoch)
+
+    async def ListSources(
+        self, request: feed_pb2.ListSourcesRequest, context: grpc.aio.ServicerContext
+    ) -> feed_pb2.ListSourcesResponse:
+        handles = sorted(self._liveness.sources.values(), key=lambda h: h.name)
+        return feed_pb2.ListSourcesResponse(sources=[h.info() for h in handles])
 
 
 def add_to_server(servicer: FeedServicer, server: grpc.aio.Server) -> None:
@@ -252,6 +286,11 @@ def add_to_server(servicer: FeedServicer, server: grpc.aio.Server) -> None:
             servicer.ListSymbols,
             request_deserializer=feed_pb2.ListSymbolsRequest.FromString,
             response_serializer=feed_pb2.ListSymbolsResponse.SerializeToString,
+        ),
+        "ListSources": grpc.unary_unary_rpc_method_handler(
+            servicer.ListSources,
+            request_deserializer=feed_pb2.ListSourcesRequest.FromString,
+            response_serializer=feed_pb2.ListSourcesResponse.SerializeToString,
         ),
     }
     service = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name

@@ -1,0 +1,186 @@
+"""``tickstream.v1.IngestService``: producers' Publish streams into the ingest path."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from tickstream.v1 import ingest_pb2, ingest_pb2_grpc
+
+from .errors import FeedError, InvalidRequest, LimitExceeded, NotReady, PermissionDenied
+from .hub import TickHub
+from .ingest import Ingestor, InvalidDraft
+from .liveness import Liveness, SourceHandle
+from .metrics import FeedMetrics
+from .security import ClientGrant, TokenTable
+
+PRODUCER_METADATA = "tickstream-producer"
+"""Optional metadata naming a producer in ``ListSources`` when the feed checks no tokens (with
+tokens, the token's client name is used)."""
+MAX_PRODUCER_NAME = 64
+
+_STATUS = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidDraft: grpc.StatusCode.INVALID_ARGUMENT,
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+@dataclass(slots=True)
+class RateBucket:
+    """Token bucket of ``rate`` ticks per second holding at most one second's worth."""
+
+    rate: float
+    level: float
+    stamp: float
+
+    @classmethod
+    def full(cls, rate: float) -> RateBucket:
+        return cls(rate, rate, time.monotonic())
+
+    def take(self, count: int) -> bool:
+        """Spend ``count`` ticks if the bucket holds them; False (nothing spent) otherwise."""
+        now = time.monotonic()
+        self.level = min(self.rate, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if count > self.level:
+            return False
+        self.level -= count
+        return True
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    """Stores each producer's batches through the :class:`Ingestor` and acknowledges them.
+
+    One request is read, checked, stored and acknowledged before the next is read, so a producer
+    faster than the feed is held back by gRPC flow control, never buffered without bound. Each
+    stream is a source ``publish:<producer>`` in ``ListSources``; it ends when its last stream
+    closes. Errors end the call with a status naming what was wrong (see the proto).
+    """
+
+    def __init__(
+        self,
+        hub: TickHub,
+        ingestor: Ingestor,
+        liveness: Liveness,
+        metrics: FeedMetrics,
+        max_batch: int,
+        tokens: TokenTable | None,
+    ) -> None:
+        self._hub = hub
+        self._ingestor = ingestor
+        self._liveness = liveness
+        self._metrics = metrics
+        self._max_batch = max_batch
+        self.tokens = tokens
+        self.closing = False
+        self._buckets: dict[str, RateBucket] = {}
+
+    async def Publish(
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.PublishRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[ingest_pb2.PublishResponse]:
+        try:
+            grant = self._admit(context)
+        except FeedError as error:
+            await self._abort(context, error)
+        handle = self._liveness.source(f"publish:{self._producer_name(context, grant)}")
+        handle.streams += 1
+        handle.connected()
+        try:
+            async for request in request_iterator:
+                try:
+                    yield self._store(request, grant, handle)
+                except FeedError as error:
+                    await self._abort(context, error)
+        finally:
+            handle.streams -= 1
+            if handle.streams == 0:
+                handle.ended("no Publish stream open")
+
+    def _store(
+        self, request: ingest_pb2.PublishRequest, grant: ClientGrant | None, handle: SourceHandle
+    ) -> ingest_pb2.PublishResponse:
+        """Check limits and rights, store the batch; the acknowledgement to send."""
+        if self.closing or not self._hub.ready:
+            raise NotReady("the feed is not accepting ticks now (starting or draining); retry")
+        self._check_size(request, grant)
+        if grant is not None:
+            for index, draft in enumerate(request.ticks):
+                if not grant.may_publish(draft.symbol):
+                    raise PermissionDenied(
+                        f"ticks[{index}].symbol: this token may not publish {draft.symbol!r}; "
+                        "nothing of the batch was stored"
+                    )
+            if grant.max_rate is not None:
+                bucket = self._buckets.get(grant.name)
+                if bucket is None:
+                    bucket = self._buckets[grant.name] = RateBucket.full(grant.max_rate)
+                if not bucket.take(len(request.ticks)):
+                    raise LimitExceeded(
+                        f"rate limit of {grant.max_rate:g} ticks/s for {grant.name!r} exceeded; "
+                        "nothing of the batch was stored, send it again later"
+                    )
+        result = self._ingestor.ingest(request.ticks, handle)
+        self._metrics.publish_batches.labels("stored").inc()
+        self._metrics.ticks_published.inc(result.accepted)
+        self._metrics.publish_duplicates.inc(result.duplicates)
+        self._metrics.head_offset.set(self._hub.head_offset)
+        return ingest_pb2.PublishResponse(
+            batch_id=request.batch_id,
+            accepted=result.accepted,
+            duplicates=result.duplicates,
+            last_offset=result.last_offset,
+            epoch=self._hub.epoch,
+        )
+
+    def _check_size(self, request: ingest_pb2.PublishRequest, grant: ClientGrant | None) -> None:
+        count = len(request.ticks)
+        if count == 0:
+            raise InvalidRequest("ticks: the batch is empty; send at least one tick")
+        if count > self._max_batch:
+            raise InvalidDraft(
+                self._max_batch,
+                "ticks",
+                f"the batch holds {count} ticks, over the feed's limit of {self._max_batch} "
+                "(--max-batch)",
+            )
+        if grant is not None and grant.max_batch is not None and count > grant.max_batch:
+            raise LimitExceeded(
+                f"ticks: the batch holds {count} ticks, over {grant.name!r}'s limit of "
+                f"{grant.max_batch}; nothing of the batch was stored"
+            )
+
+    def _admit(self, context: grpc.aio.ServicerContext) -> ClientGrant | None:
+        """The caller's grant (None when the feed checks no tokens). Raises PermissionDenied
+        for a token without any publish right (no token at all is refused earlier, by the
+        interceptor, with UNAUTHENTICATED)."""
+        if self.tokens is None:
+            return None
+        grant = self.tokens.lookup(context.invocation_metadata())
+        if grant is None or not grant.publish:
+            raise PermissionDenied("this client's token may not publish (no publish patterns)")
+        return grant
+
+    def _producer_name(self, context: grpc.aio.ServicerContext, grant: ClientGrant | None) -> str:
+        if grant is not None:
+            return grant.name
+        for key, value in context.invocation_metadata() or ():
+            if key == PRODUCER_METADATA and isinstance(value, str) and value.strip():
+                return value.strip()[:MAX_PRODUCER_NAME]
+        return "anonymous"
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: FeedError) -> None:
+        code = _STATUS[type(error)]
+        outcome = {
+            grpc.StatusCode.INVALID_ARGUMENT: "invalid",
+            grpc.StatusCode.PERMISSION_DENIED: "denied",
+            grpc.StatusCode.RESOURCE_EXHAUSTED: "limited",
+        }.get(code, "unavailable")
+        self._metrics.publish_batches.labels(outcome).inc()
+        await context.abort(code, str(error))
