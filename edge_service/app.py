@@ -39,11 +39,13 @@ from .problems import (
     handle_validation_error,
 )
 from .session import ClientSession
+from .sources import source_report
 from .upstream import UpstreamPool, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "2"
+SYMBOLS_FRESH_S = 1.0  # GET /symbols reloads the list from the feed when older than this
 SHUTDOWN_GRACE_S = 2.0  # for each stream to send its final event once shutdown starts
 SSE_DESCRIPTION = (
     "Server-Sent Events (WHATWG HTML, 'Server-sent events'). Each tick is `event: trade` or "
@@ -184,6 +186,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             feed.sync_stub, metrics, settings.upstream_linger, settings.upstream_stall_timeout
         )
         app.state.feed, app.state.pool = feed, pool
+        metrics.watch_upstreams(pool.upstreams)
         feed.start()
         chores = [
             asyncio.create_task(
@@ -257,6 +260,9 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         feed = feed_of(request)
         require_ready(feed)
         unknown = [s for s in symbols if s not in feed.symbols]
+        if unknown:  # a producer may have published it since the last refresh
+            await feed.refresh_if_older()
+            unknown = [s for s in symbols if s not in feed.symbols]
         if unknown:
             raise Problem(
                 404,
@@ -378,6 +384,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             authorize(verifier, request, [])
         feed = feed_of(request)
         require_ready(feed)
+        await feed.refresh_if_older(SYMBOLS_FRESH_S)
         return JSONResponse(
             {
                 "epoch": feed.epoch,
@@ -392,11 +399,34 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: the feed answers", responses=FEED_PROBLEMS)
+    @app.get(
+        "/readyz",
+        summary="Readiness: the feed answers and a source flows",
+        description="200 while the feed answers and any of its sources flows (or none is "
+        "down); 503 problem JSON otherwise. Both list the feed's sources and those down.",
+        responses=FEED_PROBLEMS,
+    )
     async def readyz(request: Request) -> dict[str, Any]:
         feed = feed_of(request)
         require_ready(feed)
-        return {"status": "ready", "feed": feed.target, "epoch": feed.epoch}
+        report = source_report(feed.sources)
+        if not report.ready:
+            raise Problem(
+                503,
+                "sources-down",
+                "No source is flowing",
+                f"the feed's sources are down: {', '.join(report.down[:10])}",
+                headers={"Retry-After": RETRY_AFTER_S},
+                sources=report.sources,
+                sourcesDown=report.down,
+            )
+        return {
+            "status": "ready",
+            "feed": feed.target,
+            "epoch": feed.epoch,
+            "sources": report.sources,
+            "sourcesDown": report.down,
+        }
 
     @app.get(
         "/metrics",

@@ -13,7 +13,7 @@ from typing import Any
 
 from google.protobuf import json_format
 from sse_starlette import ServerSentEvent
-from tickstream.v1 import tick_pb2
+from tickstream.v1 import feed_pb2, tick_pb2
 
 from .cursor import format_event_id
 
@@ -56,6 +56,19 @@ def snapshot_frame(tick: EncodedTick) -> bytes:
     """
     assert tick.frame.startswith(b"id: ")
     return tick.frame[tick.frame.index(b"\n") + 1 :]
+
+
+def encode_status(status: feed_pb2.SymbolStatus) -> bytes:
+    """The ``status`` event of a symbol's state change, without ``id`` (not a position):
+    ``data: {"symbol", "state": "stale"|"live", "lastTickTime"}`` (RFC 3339, omitted when the
+    symbol never had a tick)."""
+    payload: dict[str, Any] = {
+        "symbol": status.symbol,
+        "state": "stale" if status.state == feed_pb2.SYMBOL_STATE_STALE else "live",
+    }
+    if status.HasField("last_tick_time"):
+        payload["lastTickTime"] = status.last_tick_time.ToJsonString()
+    return encode_control("status", payload)
 
 
 def encode_control(

@@ -30,6 +30,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 SYMBOLS_REFRESH_S = 10.0
+ON_DEMAND_REFRESH_S = 0.5  # a request naming an unknown symbol refreshes at most this often
 
 
 class FeedClient:
@@ -72,8 +73,10 @@ class FeedClient:
         self.ready = False
         self.epoch: str | None = None
         self.symbols: dict[str, feed_pb2.SymbolInfo] = {}
+        self.sources: list[feed_pb2.SourceInfo] = []
         self._task: asyncio.Task[None] | None = None
         self._symbols_at = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._watch(), name="feed-health")
@@ -96,6 +99,8 @@ class FeedClient:
             ready = reply.status == health_pb2.HealthCheckResponse.SERVING
             if ready and (not self.ready or loop.time() - self._symbols_at > SYMBOLS_REFRESH_S):
                 await self.refresh_symbols()
+            if ready:
+                await self._refresh_sources()
         except grpc.aio.AioRpcError as error:
             if self.ready:
                 log.warning("feed %s unavailable: %s", self.target, error.code().name)
@@ -112,6 +117,27 @@ class FeedClient:
         self.symbols = {info.symbol: info for info in reply.symbols}
         self.epoch = reply.epoch
         self._symbols_at = asyncio.get_running_loop().time()
+
+    async def refresh_if_older(self, seconds: float = ON_DEMAND_REFRESH_S) -> None:
+        """Reload the symbol list unless it is younger than ``seconds``: producers introduce
+        symbols at any time. Concurrent callers share one call; errors leave the list as is."""
+        if asyncio.get_running_loop().time() - self._symbols_at < seconds:
+            return
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self.refresh_symbols(), name="symbols")
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await asyncio.shield(self._refreshing)
+
+    async def _refresh_sources(self) -> None:
+        """Reload the feed's sources and their states (a feed without ListSources: none)."""
+        try:
+            reply = await self.stub.ListSources(feed_pb2.ListSourcesRequest(), timeout=2.0)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self.sources = []
+            return
+        self.sources = list(reply.sources)
 
     async def _watch(self) -> None:
         while True:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # Seconds from feed ingest to edge send: 0.5 ms to 10 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
@@ -15,6 +18,12 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 class _Queued(Protocol):
     @property
     def queued(self) -> int: ...
+
+
+class _Upstream(Protocol):
+    symbol: str
+    last_tick_ns: int
+    stale_frame: bytes | None
 
 
 class EdgeMetrics:
@@ -116,3 +125,32 @@ class EdgeMetrics:
         self.max_stream_queue.set_function(
             lambda: max((s.queued for s in list(streams)), default=0)
         )
+
+    def watch_upstreams(self, upstreams: Callable[[], Iterable[_Upstream]]) -> None:
+        """Export, for every symbol with an upstream, the age of its last tick and whether the
+        feed calls it stale (read at each scrape)."""
+        self.registry.register(_SymbolAgeCollector(upstreams))
+
+
+class _SymbolAgeCollector(Collector):
+    def __init__(self, upstreams: Callable[[], Iterable[_Upstream]]) -> None:
+        self._upstreams = upstreams
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ages = GaugeMetricFamily(
+            "tickstream_edge_symbol_last_tick_age_seconds",
+            "Seconds since the feed accepted the last tick this edge saw of the symbol "
+            "(symbols with an open upstream).",
+            labels=["symbol"],
+        )
+        stale = GaugeMetricFamily(
+            "tickstream_edge_symbol_stale",
+            "1 while the feed reports the symbol stale, else 0 (symbols with an open upstream).",
+            labels=["symbol"],
+        )
+        now = time.time_ns()
+        for upstream in list(self._upstreams()):
+            if upstream.last_tick_ns:
+                ages.add_metric([upstream.symbol], max(0.0, (now - upstream.last_tick_ns) / 1e9))
+            stale.add_metric([upstream.symbol], 0.0 if upstream.stale_frame is None else 1.0)
+        yield from (ages, stale)

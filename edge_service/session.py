@@ -158,6 +158,9 @@ class ClientSession:
 
     def _init_states(self, upstreams: list[SymbolUpstream]) -> None:
         self._states = {u.symbol: _SymbolState(u.epoch, u.watermark) for u in upstreams}
+        for upstream in upstreams:  # a client joining a stale symbol learns it first
+            if upstream.stale_frame is not None:
+                self._push(upstream.stale_frame)
 
     # ----- output ------------------------------------------------------------------------
 
@@ -360,6 +363,11 @@ class ClientSession:
             state.start = self.cursor
         self._emit_reset(reason, message, self._states)
 
+    def on_status(self, upstream: SymbolUpstream, frame: bytes) -> None:
+        """The symbol turned stale or live: ``frame`` is its ``status`` event (no ``id``: a
+        state, not a position), queued at once, ahead of any tick that follows."""
+        self._push(frame)
+
     def on_closed(self, upstream: SymbolUpstream, reason: str) -> None:
         self.end("symbol_unavailable", f"{upstream.symbol}: {reason}")
 
@@ -431,6 +439,8 @@ class ClientSession:
                     )
                     after_reset = True
                     continue
+                elif kind == "status":
+                    continue  # symbol states reach the client through the shared upstreams
                 elif kind == "ticks":
                     assert self.epoch is not None
                     for tick in response.ticks.ticks:

@@ -13,7 +13,7 @@ from typing import Protocol
 import grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc
 
-from .encoding import EncodedTick, encode_tick
+from .encoding import EncodedTick, encode_status, encode_tick
 from .metrics import EdgeMetrics
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ class UpstreamListener(Protocol):
     def on_reset(self, upstream: SymbolUpstream, reason: str, message: str) -> None:
         """The stream could not continue where it was: ``upstream.epoch``/``watermark`` are new."""
 
+    def on_status(self, upstream: SymbolUpstream, frame: bytes) -> None:
+        """The symbol turned stale or live again; ``frame`` is the SSE ``status`` event."""
+
     def on_closed(self, upstream: SymbolUpstream, reason: str) -> None:
         """The symbol's stream ended for good (e.g. the feed no longer serves the symbol)."""
 
@@ -108,6 +111,9 @@ class SymbolUpstream:
         self.watermark = 0
         self.latest: dict[str, EncodedTick] = {}
         self.listeners: set[UpstreamListener] = set()
+        # The symbol's ``status`` event while it is stale (None while live).
+        self.stale_frame: bytes | None = None
+        self.last_tick_ns = 0  # when the feed accepted the newest tick seen (ns since epoch)
         self.ready = asyncio.Event()
         self.connected = False
         self.closed_reason: str | None = None
@@ -238,6 +244,9 @@ class SymbolUpstream:
                 kind = item.WhichOneof("event")
                 first, self._first = self._first, False
                 if kind == "ticks":
+                    if self.stale_frame is not None and item.ticks.ticks:
+                        # Ticks mean live: the change happened while we were reconnecting.
+                        self._on_status(feed_pb2.SymbolStatus(state=feed_pb2.SYMBOL_STATE_LIVE))
                     self._take_batch(item.ticks, live)
                     progressed = True
                 elif kind == "heartbeat":
@@ -246,6 +255,10 @@ class SymbolUpstream:
                     self._flush(live, progressed)
                     live, progressed = [], False
                     self._on_reset(item.reset)
+                elif kind == "status":
+                    self._flush(live, progressed)  # ticks before the change go first
+                    live, progressed = [], False
+                    self._on_status(item.status)
         self._flush(live, progressed)
 
     def _on_heartbeat(self, beat: feed_pb2.Heartbeat, first: bool) -> bool:
@@ -271,6 +284,21 @@ class SymbolUpstream:
         for listener in list(self.listeners):
             listener.on_reset(self, reason, reset.message)
 
+    def _on_status(self, status: feed_pb2.SymbolStatus) -> None:
+        """Pass on a change of the symbol's state. A stream opens with the symbol's state, so
+        after a reconnect an unchanged state is not repeated to clients."""
+        stale = status.state == feed_pb2.SYMBOL_STATE_STALE
+        if status.HasField("last_tick_time"):
+            self.last_tick_ns = max(self.last_tick_ns, status.last_tick_time.ToNanoseconds())
+        if stale == (self.stale_frame is not None):
+            return
+        status.symbol = self.symbol
+        frame = encode_status(status)
+        self.stale_frame = frame if stale else None
+        log.info("upstream %s: %s", self.symbol, "stale" if stale else "live again")
+        for listener in list(self.listeners):
+            listener.on_status(self, frame)
+
     def _take_batch(self, batch: feed_pb2.TickBatch, live: list[EncodedTick]) -> None:
         assert self.epoch is not None
         epoch, watermark = self.epoch, self.watermark
@@ -279,6 +307,8 @@ class SymbolUpstream:
             self.latest[encoded.kind] = encoded
             if tick.offset > watermark:
                 live.append(encoded)
+        if batch.ticks:  # offset order: the last is the newest
+            self.last_tick_ns = max(self.last_tick_ns, batch.ticks[-1].ingest_time.ToNanoseconds())
         self.watermark = max(watermark, batch.head_offset)
         self.ready.set()
 
@@ -323,6 +353,10 @@ class UpstreamPool:
 
     def get(self, symbol: str) -> SymbolUpstream | None:
         return self._upstreams.get(symbol)
+
+    def upstreams(self) -> list[SymbolUpstream]:
+        """Every open upstream."""
+        return list(self._upstreams.values())
 
     async def acquire(self, symbols: list[str], max_wait: float) -> list[SymbolUpstream]:
         """The ready upstreams of ``symbols``, opened if needed. Call :meth:`attach` next,

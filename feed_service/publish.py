@@ -92,16 +92,20 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         handle = self._liveness.source(f"publish:{self._producer_name(context, grant)}")
         handle.streams += 1
         handle.connected()
+        closed_cleanly = False
         try:
             async for request in request_iterator:
                 try:
                     yield self._store(request, grant, handle)
                 except FeedError as error:
                     await self._abort(context, error)
+            closed_cleanly = True
         finally:
             handle.streams -= 1
-            if handle.streams == 0:
-                handle.ended("no Publish stream open")
+            if handle.streams == 0 and closed_cleanly:
+                handle.ended("the producer closed its stream")
+            elif handle.streams == 0:  # cancelled, killed, cut off, or refused a batch
+                handle.down("the producer's stream was lost or refused")
 
     def _store(
         self, request: ingest_pb2.PublishRequest, grant: ClientGrant | None, handle: SourceHandle

@@ -23,6 +23,7 @@ class FakeUpstream:
     epoch: str | None = EPOCH
     watermark: int = 0
     latest: dict[str, EncodedTick] = field(default_factory=dict)
+    stale_frame: bytes | None = None
 
     def snapshot(self, kinds: frozenset[str]) -> list[EncodedTick]:
         return [t for k, t in self.latest.items() if k in kinds]

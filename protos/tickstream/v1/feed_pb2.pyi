@@ -284,9 +284,10 @@ Global___Reset: _TypeAlias = Reset  # noqa: Y015
 
 @_typing.final
 class SymbolStatus(_message.Message):
-    """A change of a symbol's state. A stream carries one for each of its symbols that is stale
-    when it opens (after the opening Heartbeat), then one whenever a symbol of the stream turns
-    stale or live again. It is not a position in the stream: offsets are unaffected.
+    """A symbol's state. A stream opens with one for each of its symbols that is stale (after the
+    opening Heartbeat, Reset and snapshot), then carries one whenever a symbol of the stream turns
+    stale or live again, before the ticks that follow the change. A symbol that has ticks is live.
+    It is not a position in the stream: offsets are unaffected.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
