@@ -34,9 +34,8 @@ class InvalidDraft(InvalidRequest):
     """A tick of a batch is malformed: INVALID_ARGUMENT; nothing of the batch is stored."""
 
     def __init__(self, index: int, field: str, problem: str) -> None:
-        super().__init__(
-            f"ticks[{index}].{field}: {problem}; the batch was rejected and nothing of it stored"
-        )
+        where = f"ticks[{index}].{field}" if field else f"ticks[{index}]"
+        super().__init__(f"{where}: {problem}; the batch was rejected and nothing of it stored")
         self.index = index
         self.field = field
 

@@ -150,7 +150,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if count > self._max_batch:
             raise InvalidDraft(
                 self._max_batch,
-                "ticks",
+                "",
                 f"the batch holds {count} ticks, over the feed's limit of {self._max_batch} "
                 "(--max-batch)",
             )

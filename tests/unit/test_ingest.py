@@ -1,0 +1,109 @@
+"""feed_service.ingest: validation names the tick and field, batches are atomic, duplicates
+are dropped within a bounded window, and the symbol cap holds."""
+
+from __future__ import annotations
+
+import pytest
+from tickstream.v1 import ingest_pb2, tick_pb2
+
+from feed_service.errors import LimitExceeded
+from feed_service.hub import TickHub
+from feed_service.ingest import DedupWindow, Ingestor, InvalidDraft, check_draft, make_draft
+from feed_service.liveness import Liveness
+
+
+def trade(symbol: str = "NEW", price: str = "1.25", dedup: str = "") -> ingest_pb2.TickDraft:
+    return make_draft(symbol, 1_000, tick_pb2.Trade(price=price, size="2"), dedup)
+
+
+def quote(bid: str = "1.0", ask: str = "1.1") -> ingest_pb2.TickDraft:
+    body = tick_pb2.Quote(bid_price=bid, bid_size="1", ask_price=ask, ask_size="1")
+    return make_draft("NEW", 1_000, body)
+
+
+def ingestor(dedup: int = 100, max_symbols: int = 10) -> tuple[Ingestor, TickHub]:
+    hub = TickHub(history_size=1_000)
+    return Ingestor(hub, Liveness(stale_after=5), dedup, max_symbols), hub
+
+
+BAD = [
+    (trade(price="1e5"), "trade.price", "not a decimal string"),
+    (trade(price="1.5f"), "trade.price", "not a decimal string"),
+    (trade(price="-1"), "trade.price", "not a decimal string"),
+    (trade(price=".5"), "trade.price", "not a decimal string"),
+    (trade(price="1."), "trade.price", "not a decimal string"),
+    (trade(price=" 1"), "trade.price", "not a decimal string"),
+    (trade(price=""), "trade.price", "is empty"),
+    (trade(price="1" * 41), "trade.price", "not a decimal string"),
+    (trade(symbol=""), "symbol", "is empty"),
+    (trade(symbol="btc usdt"), "symbol", "does not match"),
+    (trade(symbol="X" * 33), "symbol", "does not match"),
+    (quote(bid="2.0", ask="1.99"), "quote.bid_price", "is above quote.ask_price"),
+    (quote(ask="NaN"), "quote.ask_price", "not a decimal string"),
+    (ingest_pb2.TickDraft(symbol="NEW"), "body", "is missing"),
+    (trade(dedup="d" * 129), "dedup_id", "over 128"),
+]
+
+
+@pytest.mark.parametrize(("draft", "field", "problem"), BAD, ids=[f for _, f, _ in BAD])
+def test_a_malformed_draft_is_named_by_index_and_field(
+    draft: ingest_pb2.TickDraft, field: str, problem: str
+) -> None:
+    with pytest.raises(InvalidDraft) as caught:
+        check_draft(7, draft)
+    assert caught.value.index == 7
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"ticks[7].{field}: ")
+    assert problem in str(caught.value)
+
+
+def test_locked_quote_and_exact_decimals_pass() -> None:
+    check_draft(0, quote(bid="61837.63000000", ask="61837.63000000"))
+    check_draft(0, trade(price="0.00000001"))
+
+
+def test_a_batch_is_all_or_nothing() -> None:
+    ingest, hub = ingestor()
+    with pytest.raises(InvalidDraft, match=r"ticks\[2\]\.trade\.price"):
+        ingest.ingest([trade(), trade(), trade(price="1,5")], Liveness(5).source("p"))
+    assert hub.head_offset == 0 and not hub.knows("NEW"), "nothing stored, no symbol declared"
+
+
+def test_duplicates_by_symbol_and_dedup_id_are_counted_not_stored() -> None:
+    ingest, _ = ingestor()
+    source = Liveness(5).source("p")
+    first = ingest.ingest([trade(dedup="a"), trade(dedup="b"), trade()], source)
+    assert (first.accepted, first.duplicates, first.last_offset) == (3, 0, 3)
+    again = ingest.ingest(
+        [trade(dedup="a"), trade(dedup="c"), trade(dedup="c"), trade("OTHER", dedup="a")], source
+    )
+    assert (again.accepted, again.duplicates, again.last_offset) == (2, 2, 5)
+    only_dupes = ingest.ingest([trade(dedup="b")], source)
+    assert (only_dupes.accepted, only_dupes.duplicates, only_dupes.last_offset) == (0, 1, 5)
+    assert source.ticks == 5
+
+
+def test_the_dedup_window_forgets_the_oldest_first() -> None:
+    window = DedupWindow(2)
+    for key in (("A", "1"), ("A", "2"), ("A", "3")):
+        window.add(key)
+    assert ("A", "1") not in window and ("A", "3") in window and len(window) == 2
+
+
+def test_new_symbols_are_declared_with_scales_and_the_cap_holds() -> None:
+    ingest, hub = ingestor(max_symbols=2)
+    source = Liveness(5).source("publish:desk")
+    ingest.ingest([trade("ONE", price="1.250"), trade("TWO")], source)
+    info = {i.symbol: i for i in hub.symbols()}["ONE"]
+    assert (info.price_scale, info.size_scale, info.source) == (3, 0, "publish:desk")
+    with pytest.raises(LimitExceeded, match=r"ticks\[1\]\.symbol: THREE .* cap of 2"):
+        ingest.ingest([trade("ONE"), trade("THREE")], source)
+    assert hub.head_offset == 2
+
+
+def test_a_tick_without_event_time_takes_the_ingest_time() -> None:
+    ingest, hub = ingestor()
+    draft = ingest_pb2.TickDraft(symbol="NEW", trade=tick_pb2.Trade(price="1", size="1"))
+    ingest.ingest([draft], Liveness(5).source("p"))
+    tick = next(hub.history.after(0, 1)).tick
+    assert tick.event_time == tick.ingest_time
