@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -99,7 +100,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     yield self._store(request, grant, handle)
                 except FeedError as error:
                     await self._abort(context, error)
-            closed_cleanly = True
+            # grpc-aio ends the request iterator both when the producer half-closes and when
+            # its connection is lost; only the latter cancels the call.
+            await asyncio.sleep(0)
+            closed_cleanly = not context.cancelled()
         finally:
             handle.streams -= 1
             if handle.streams == 0 and closed_cleanly:

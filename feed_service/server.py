@@ -54,6 +54,9 @@ def build_source(settings: FeedSettings) -> TickSource | None:
     if settings.source == "binance":
         from .sources.binance import BinanceSource
 
+        if "symbols" not in settings.model_fields_set:
+            raise ValueError("--source binance needs --symbols, e.g. --symbols BTCUSDT,ETHUSDT")
+
         return BinanceSource(settings.symbols, settings.binance_url)
     return SyntheticSource(settings.symbols, settings.seed, settings.rate)
 
