@@ -14,6 +14,8 @@ a loop. What is checked, in order:
 4. feed down while the page opens a new stream (symbol change): 503 closes the EventSource, the
    page reopens with backoff and goes live once a new feed is up;
 5. edge restart on the same port: the EventSource resumes by Last-Event-ID, no reset, same epoch.
+6. a stale source (issue 10): a feed on a local exchange server (``--source binance``) that pauses;
+   the page marks BTCUSDT stale within the stale time and clears the mark when ticks return.
 
 At no moment are two EventSources open.
 """
@@ -36,6 +38,7 @@ from playwright.sync_api import Page, sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.exchange_server import ExchangeServer, recorded_messages
 from tests.support import (
     BTC_FILE,
     ETH_FILE,
@@ -344,6 +347,41 @@ def run(page: Page, prices: set[str]) -> None:
         feed.stop()
 
 
+STALE_JS = """sym => document.querySelector(`#rows tr[data-symbol="${sym}"]`)?.dataset.stale"""
+
+
+def run_stale(page: Page) -> None:
+    """A paused exchange: the BTCUSDT row is marked stale, then cleared when ticks return."""
+    with ExchangeServer(recorded_messages([BTC_FILE], 20_000), rate=100) as exchange:
+        feed = start_feed(
+            "--source", "binance", "--symbols", "BTCUSDT", "--binance-url", exchange.url,
+            "--stale-after", "1.5",
+        )  # fmt: skip
+        edge = start_edge(feed.port)
+        try:
+            page.goto(f"http://127.0.0.1:{edge.port}/#symbols=BTCUSDT")
+            page.wait_for_function(
+                "() => document.querySelector('#rows td[data-field=last]')?.dataset.value",
+                timeout=WAIT_MS,
+            )
+            assert page.evaluate(STALE_JS, "BTCUSDT") == "false"
+            exchange.pause()
+            paused = time.monotonic()
+            page.wait_for_function(f"() => ({STALE_JS})('BTCUSDT') === 'true'", timeout=WAIT_MS)
+            marked = time.monotonic() - paused
+            screenshot(page, "page-stale.png")
+            exchange.resume()
+            resumed = time.monotonic()
+            page.wait_for_function(f"() => ({STALE_JS})('BTCUSDT') === 'false'", timeout=WAIT_MS)
+            print(
+                f"stale: BTCUSDT marked stale {marked:.1f} s after the exchange paused "
+                f"(stale time 1.5 s), cleared {time.monotonic() - resumed:.1f} s after it resumed"
+            )
+        finally:
+            edge.stop()
+            feed.stop()
+
+
 def main() -> int:
     ip("link", "set", "lo", "up")
     prices = recorded_btc_trade_prices()
@@ -361,6 +399,9 @@ def main() -> int:
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.add_init_script(PROBE)
             run(page, prices)
+            stale_page = browser.new_page()
+            stale_page.on("pageerror", lambda error: errors.append(str(error)))
+            run_stale(stale_page)
         finally:
             browser.close()
     assert not errors, f"script errors on the page: {errors}"

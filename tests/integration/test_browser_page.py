@@ -51,6 +51,7 @@ def test_live_page_shows_real_prices_and_survives_feed_and_edge_restarts() -> No
         "feed down during a symbol change",
         "edge restart: states",
         "never more than 1 open",
+        "stale: BTCUSDT marked stale",
         "browser page test passed",
     ):
         assert seen in result.stdout, result.stdout
