@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 
 from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 
 from .history import TickHistory
-from .wire import StoredTick
+from .wire import StoredTick, event_time_field, ingest_time_field
+
+TRADE = tick_pb2.TICK_TYPE_TRADE
+QUOTE = tick_pb2.TICK_TYPE_QUOTE
 
 
 def tick_type_of(tick: tick_pb2.Tick) -> int:
@@ -37,7 +40,7 @@ class TickHub:
         self.clock_ns = clock_ns
         self._symbols: dict[str, feed_pb2.SymbolInfo] = {}
         self._sequences: dict[tuple[str, int], int] = {}
-        self._latest: dict[tuple[str, int], tick_pb2.Tick] = {}
+        self._latest: dict[tuple[str, int], StoredTick] = {}
         self._advanced = asyncio.Event()
         self.ready = False
 
@@ -58,6 +61,11 @@ class TickHub:
         return symbol in self._symbols
 
     @property
+    def known_symbols(self) -> Container[str]:
+        """The declared symbols (a live view: membership tests only)."""
+        return self._symbols.keys()
+
+    @property
     def symbol_count(self) -> int:
         return len(self._symbols)
 
@@ -65,34 +73,30 @@ class TickHub:
         """Number and store validated ``drafts`` in order; returns the new head offset.
 
         ``ingest_ns`` stamps every tick (default: now); a draft without ``event_time`` gets it
-        as its event time too. Callers validate first (:class:`feed_service.ingest.Ingestor`).
-        Raises KeyError for a symbol that was not declared with :meth:`add_symbols`.
+        as its event time too. Callers validate first (:class:`feed_service.ingest.Ingestor`)
+        and must clear ``dedup_id`` (it is not part of a Tick). Raises KeyError for a symbol
+        that was not declared with :meth:`add_symbols`.
         """
         start = offset = self.history.head_offset
         if ingest_ns is None:
             ingest_ns = self.clock_ns()
-        sequences, latest, append = self._sequences, self._latest, self.history.append
+        ingest_field = ingest_time_field(ingest_ns)
+        both_fields = event_time_field(ingest_ns) + ingest_field
+        known, sequences, latest = self._symbols, self._sequences, self._latest
+        append, of_draft = self.history.append, StoredTick.of_draft
         for draft in drafts:
-            if draft.symbol not in self._symbols:
-                raise KeyError(draft.symbol)
-            is_trade = draft.HasField("trade")
-            kind = tick_pb2.TICK_TYPE_TRADE if is_trade else tick_pb2.TICK_TYPE_QUOTE
-            key = (draft.symbol, kind)
+            symbol = draft.symbol
+            if symbol not in known:
+                raise KeyError(symbol)
+            kind = TRADE if draft.HasField("trade") else QUOTE
+            key = (symbol, kind)
             sequence = sequences.get(key, 0) + 1
             sequences[key] = sequence
             offset += 1
-            tick = tick_pb2.Tick(symbol=draft.symbol, sequence=sequence, offset=offset)
-            if is_trade:
-                tick.trade.CopyFrom(draft.trade)
-            else:
-                tick.quote.CopyFrom(draft.quote)
-            if draft.HasField("event_time"):
-                tick.event_time.CopyFrom(draft.event_time)
-            else:
-                tick.event_time.FromNanoseconds(ingest_ns)
-            tick.ingest_time.FromNanoseconds(ingest_ns)
-            append(StoredTick.of(tick, kind))
-            latest[key] = tick
+            times = ingest_field if draft.HasField("event_time") else both_fields
+            stored = of_draft(draft.SerializeToString(), symbol, kind, sequence, offset, times)
+            append(stored)
+            latest[key] = stored
         if offset != start:
             self.wake_waiters()
         return offset
@@ -114,7 +118,7 @@ class TickHub:
             return self.history.head_offset > offset
         return True
 
-    def snapshot(self, symbols: Iterable[str], types: frozenset[int]) -> list[tick_pb2.Tick]:
+    def snapshot(self, symbols: Iterable[str], types: frozenset[int]) -> list[StoredTick]:
         """The latest tick of each requested (symbol, type) pair, in offset order."""
         latest = [
             tick

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -26,6 +26,11 @@ DECIMAL_PATTERN = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?")
 MAX_DEDUP_ID = 128
 MAX_TRADE_ID = 128
 MAX_TIMESTAMP_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the protobuf Timestamp range
+# Every decimal of a body in one match: the common case costs one regex call; a failure is
+# then located field by field.
+DECIMAL_PAIR = re.compile(rf"{DECIMAL_PATTERN.pattern} {DECIMAL_PATTERN.pattern}")
+DECIMAL_QUAD = re.compile(" ".join([DECIMAL_PATTERN.pattern] * 4))
+SIDES = frozenset(tick_pb2.Side.values())
 TRADE_DECIMALS = ("price", "size")
 QUOTE_DECIMALS = ("bid_price", "bid_size", "ask_price", "ask_size")
 
@@ -67,34 +72,44 @@ def _check_decimals(index: int, body: object, prefix: str, names: Sequence[str])
             )
 
 
-def check_draft(index: int, draft: ingest_pb2.TickDraft) -> None:
-    """Raise :class:`InvalidDraft` naming the first malformed field of ``draft``."""
+def _bid_above_ask(bid: str, ask: str) -> bool:
+    """Exact ``bid > ask`` for decimal strings. Rounding to float is monotonic, so unequal
+    floats order the decimals the same way; only equal floats need the exact comparison."""
+    fast_bid, fast_ask = float(bid), float(ask)
+    if fast_bid != fast_ask:
+        return fast_bid > fast_ask
+    return Decimal(bid) > Decimal(ask)
+
+
+def check_draft(index: int, draft: ingest_pb2.TickDraft, known: Container[str] = ()) -> None:
+    """Raise :class:`InvalidDraft` naming the first malformed field of ``draft``; symbols in
+    ``known`` are valid already (a shortcut past the symbol rule)."""
     symbol = draft.symbol
-    if not symbol:
-        raise InvalidDraft(index, "symbol", "is empty")
-    if not is_valid_symbol(symbol):
-        raise InvalidDraft(
-            index, "symbol", f"{_shown(symbol)} does not match {SYMBOL_PATTERN.pattern}"
-        )
+    if symbol not in known:
+        if not symbol:
+            raise InvalidDraft(index, "symbol", "is empty")
+        if not is_valid_symbol(symbol):
+            raise InvalidDraft(
+                index, "symbol", f"{_shown(symbol)} does not match {SYMBOL_PATTERN.pattern}"
+            )
     body = draft.WhichOneof("body")
-    if body is None:
-        raise InvalidDraft(index, "body", "is missing: set trade or quote")
     if body == "trade":
         trade = draft.trade
-        _check_decimals(index, trade, "trade", TRADE_DECIMALS)
+        if not DECIMAL_PAIR.fullmatch(f"{trade.price} {trade.size}"):
+            _check_decimals(index, trade, "trade", TRADE_DECIMALS)
         if len(trade.trade_id) > MAX_TRADE_ID:
             raise InvalidDraft(index, "trade.trade_id", f"is over {MAX_TRADE_ID} characters")
-        if trade.side not in tick_pb2.Side.values():
+        if trade.side not in SIDES:
             raise InvalidDraft(index, "trade.side", f"{trade.side} is not a Side")
-    else:
+    elif body == "quote":
         quote = draft.quote
-        _check_decimals(index, quote, "quote", QUOTE_DECIMALS)
-        if Decimal(quote.bid_price) > Decimal(quote.ask_price):
-            raise InvalidDraft(
-                index,
-                "quote.bid_price",
-                f"{quote.bid_price} is above quote.ask_price {quote.ask_price}",
-            )
+        bid, ask = quote.bid_price, quote.ask_price
+        if not DECIMAL_QUAD.fullmatch(f"{bid} {quote.bid_size} {ask} {quote.ask_size}"):
+            _check_decimals(index, quote, "quote", QUOTE_DECIMALS)
+        if _bid_above_ask(bid, ask):
+            raise InvalidDraft(index, "quote.bid_price", f"{bid} is above quote.ask_price {ask}")
+    else:
+        raise InvalidDraft(index, "body", "is missing: set trade or quote")
     if len(draft.dedup_id) > MAX_DEDUP_ID:
         raise InvalidDraft(index, "dedup_id", f"is over {MAX_DEDUP_ID} characters")
     if draft.HasField("event_time"):
@@ -106,7 +121,8 @@ def check_draft(index: int, draft: ingest_pb2.TickDraft) -> None:
 class DedupWindow:
     """The last ``capacity`` (symbol, dedup id) pairs stored, feed-wide, oldest forgotten first.
 
-    Memory is bounded by ``capacity`` (about 200 bytes a pair); 0 turns deduplication off.
+    Memory is bounded by ``capacity`` (about 200 bytes a pair). With 0, a pair is remembered
+    only until the next one arrives (enough to drop a repeat within a batch).
     """
 
     def __init__(self, capacity: int) -> None:
@@ -121,7 +137,7 @@ class DedupWindow:
         return len(self._seen)
 
     def add(self, key: tuple[str, str]) -> None:
-        if self.capacity == 0 or key in self._seen:
+        if key in self._seen:
             return
         self._seen.add(key)
         self._order.append(key)
@@ -162,13 +178,14 @@ class Ingestor:
         self._scales: dict[str, tuple[int, int]] = {}
 
     def ingest(self, drafts: Sequence[ingest_pb2.TickDraft], source: SourceHandle) -> IngestResult:
-        """Store ``drafts`` in order, all or nothing.
+        """Store ``drafts`` in order, all or nothing; their ``dedup_id`` is cleared.
 
         Raises InvalidDraft (a malformed tick, nothing stored) or LimitExceeded (the symbol cap).
         """
         hub = self._hub
+        known = hub.known_symbols
         for index, draft in enumerate(drafts):
-            check_draft(index, draft)
+            check_draft(index, draft, known)
         self._declare_new_symbols(drafts, source.name)
         kept = self._without_duplicates(drafts)
         if not kept:
@@ -176,27 +193,25 @@ class Ingestor:
         now_ns = hub.clock_ns()
         self._liveness.touch({draft.symbol for draft in kept}, now_ns)
         last = hub.publish(kept, now_ns)
-        dedup = self.dedup
-        for draft in kept:
-            if draft.dedup_id:
-                dedup.add((draft.symbol, draft.dedup_id))
         source.record(len(kept), now_ns)
         return IngestResult(len(kept), len(drafts) - len(kept), last)
 
     def _without_duplicates(
         self, drafts: Sequence[ingest_pb2.TickDraft]
     ) -> Sequence[ingest_pb2.TickDraft]:
+        """The drafts to store: duplicates (in the window, or earlier in the batch) left out;
+        the others' dedup ids recorded in the window and cleared from the drafts."""
         dedup = self.dedup
-        if dedup.capacity == 0 or not any(draft.dedup_id for draft in drafts):
+        if not any(draft.dedup_id for draft in drafts):
             return drafts
         kept: list[ingest_pb2.TickDraft] = []
-        in_batch: set[tuple[str, str]] = set()
         for draft in drafts:
             if draft.dedup_id:
                 key = (draft.symbol, draft.dedup_id)
-                if key in dedup or key in in_batch:
+                if key in dedup:
                     continue
-                in_batch.add(key)
+                dedup.add(key)  # nothing can fail from here on: the batch will be stored
+                draft.ClearField("dedup_id")
             kept.append(draft)
         return kept
 

@@ -186,15 +186,14 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         # one instant, with no await in between: ticks published while they are being written
         # come after the cursor, never inside the snapshot.
         cursor, reset = self._start_cursor(plan)
-        opening = [feed_pb2.SubscribeResponse(heartbeat=hub.heartbeat())]
+        opening: list[feed_pb2.SubscribeResponse | bytes] = [
+            feed_pb2.SubscribeResponse(heartbeat=hub.heartbeat())
+        ]
         if reset is not None:
             opening.append(reset)
         if plan.snapshot and (plan.start == "live" or reset is not None):
             # Sent even when empty, so the client knows the snapshot is complete.
-            response = feed_pb2.SubscribeResponse()
-            response.ticks.ticks.extend(hub.snapshot(plan.symbols, plan.types))
-            response.ticks.head_offset = cursor
-            opening.append(response)
+            opening.append(tick_batch_response(hub.snapshot(plan.symbols, plan.types), cursor))
         liveness = self._liveness
         status_seen = liveness.version
         opening.extend(

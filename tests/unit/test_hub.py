@@ -48,7 +48,7 @@ def test_snapshot_is_latest_per_symbol_and_type_in_offset_order() -> None:
     both = frozenset({tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE})
     snapshot = hub.snapshot(["A", "B"], both)
     assert [t.offset for t in snapshot] == [2, 3, 4]
-    assert snapshot[1].trade.price == "2"
+    assert snapshot[1].tick.trade.price == "2"
 
 
 def test_unknown_symbol_is_refused() -> None:

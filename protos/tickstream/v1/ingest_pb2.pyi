@@ -22,7 +22,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class TickDraft(_message.Message):
-    """A tick as a producer sends it, before the feed numbers it."""
+    """A tick as a producer sends it, before the feed numbers it. Its field numbers are those of the
+    same fields in Tick, so the feed stores a draft's bytes as the tick's, adding its numbers.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -39,7 +41,7 @@ class TickDraft(_message.Message):
     """Optional, at most 128 characters: an id unique per symbol for this tick (for exchange
     data, the trade id or the book update id). A tick whose dedup_id the feed already stored
     for the symbol, within its dedup window, is counted as a duplicate and not stored again,
-    so a producer may resend unacknowledged batches after a reconnect.
+    so a producer may resend unacknowledged batches after a reconnect. Not part of the Tick.
     """
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
