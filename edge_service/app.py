@@ -51,11 +51,12 @@ SSE_DESCRIPTION = (
     "Server-Sent Events (WHATWG HTML, 'Server-sent events'). Each tick is `event: trade` or "
     "`event: quote` with `id: <epoch>-<offset>` and `data:` one line of JSON (the proto3 JSON "
     "mapping of tickstream.v1.Tick). Also `event: reset` (resume point not honoured; data gives "
-    "reason and epoch) and `event: disconnect` (the edge ends the stream; data gives the reason). "
+    "reason and epoch), `event: status` (a symbol turned stale or live again; no id) and "
+    "`event: disconnect` (the edge ends the stream; data gives the reason). "
     "Comment heartbeats every 15 s at most; a `retry:` hint first. The `data` of each event "
-    "type has a JSON Schema at `/schemas/{trade,quote,reset,disconnect}.json`."
+    "type has a JSON Schema at `/schemas/{trade,quote,reset,status,disconnect}.json`."
 )
-EVENT_SCHEMAS = ("trade", "quote", "reset", "disconnect")
+EVENT_SCHEMAS = ("trade", "quote", "reset", "status", "disconnect")
 STREAM_PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": {PROBLEM_MEDIA_TYPE: {}}}
     for status, text in (
@@ -446,7 +447,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 
     @app.get(
         "/schemas/{name}.json",
-        summary="JSON Schema of an SSE event's data (trade, quote, reset, disconnect)",
+        summary="JSON Schema of an SSE event's data (trade, quote, reset, status, disconnect)",
         responses={404: STREAM_PROBLEMS[404]},
     )
     async def event_schema(name: str) -> JSONResponse:

@@ -14,7 +14,7 @@ from tests.support import collect
 
 async def schemas(http: httpx.AsyncClient, base: str) -> dict[str, dict[str, object]]:
     found = {}
-    for name in ("trade", "quote", "reset", "disconnect"):
+    for name in ("trade", "quote", "reset", "status", "disconnect"):
         response = await http.get(f"{base}/schemas/{name}.json")
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/schema+json"

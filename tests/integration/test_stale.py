@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import httpx
+import jsonschema
 
 from tests.exchange_server import ExchangeServer, recorded_messages
 from tests.support import (
@@ -83,6 +84,9 @@ async def check_stale_then_live(
         payload = json.loads(stale.data)
         assert payload["symbol"] == symbol and payload["lastTickTime"].endswith("Z")
         async with httpx.AsyncClient(timeout=5) as http:
+            schema = (await http.get(f"{base}/schemas/status.json")).json()
+        jsonschema.validate(payload, schema, format_checker=jsonschema.FormatChecker())
+        async with httpx.AsyncClient(timeout=5) as http:
             edge_metrics = (await http.get(f"{base}/metrics")).text
             feed_metrics = (await http.get(f"http://127.0.0.1:{feed.metrics_port}/metrics")).text
             ready = await readyz_until(http, base, 503)
@@ -93,7 +97,8 @@ async def check_stale_then_live(
         assert feed_age is not None and feed_age > STALE_AFTER
         assert ready.status_code == 503 and source in ready.json()["sourcesDown"]
         await asyncio.to_thread(restart)  # type: ignore[arg-type]
-        _, before = await until_state(events, "live", within=20)
+        live, before = await until_state(events, "live", within=20)
+        jsonschema.validate(json.loads(live.data), schema)
         assert not [e for e in before if e.event in ("trade", "quote")], "live comes first"
         async with asyncio.timeout(10):
             while (await events.get()).event not in ("trade", "quote"):
