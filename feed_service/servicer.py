@@ -176,15 +176,13 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             )
         return offset, None
 
-    async def _stream(
+    def _opening(
         self, plan: SubscriptionPlan
-    ) -> AsyncIterator[feed_pb2.SubscribeResponse | bytes]:
-        """The stream's messages; tick batches come pre-serialized (see ``wire``)."""
-        hub, history, metrics = self._hub, self._hub.history, self._metrics
-        clock = asyncio.get_running_loop().time
-        # The opening messages (Heartbeat, Reset, snapshot) and the start cursor are all taken at
-        # one instant, with no await in between: ticks published while they are being written
-        # come after the cursor, never inside the snapshot.
+    ) -> tuple[int, list[feed_pb2.SubscribeResponse | bytes]]:
+        """The start cursor and the opening messages: Heartbeat, Reset, snapshot, the status of
+        each stale symbol. All taken at one instant, with no await in between: ticks published
+        while they are being written come after the cursor, never inside the snapshot."""
+        hub, liveness = self._hub, self._liveness
         cursor, reset = self._start_cursor(plan)
         opening: list[feed_pb2.SubscribeResponse | bytes] = [
             feed_pb2.SubscribeResponse(heartbeat=hub.heartbeat())
@@ -194,13 +192,22 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         if plan.snapshot and (plan.start == "live" or reset is not None):
             # Sent even when empty, so the client knows the snapshot is complete.
             opening.append(tick_batch_response(hub.snapshot(plan.symbols, plan.types), cursor))
-        liveness = self._liveness
-        status_seen = liveness.version
         opening.extend(
             feed_pb2.SubscribeResponse(status=liveness.status(symbol))
             for symbol in sorted(plan.symbols)
             if liveness.is_stale(symbol)
         )
+        return cursor, opening
+
+    async def _stream(
+        self, plan: SubscriptionPlan
+    ) -> AsyncIterator[feed_pb2.SubscribeResponse | bytes]:
+        """The stream's messages; tick batches come pre-serialized (see ``wire``)."""
+        hub, history, metrics = self._hub, self._hub.history, self._metrics
+        clock = asyncio.get_running_loop().time
+        liveness = self._liveness
+        status_seen = liveness.version
+        cursor, opening = self._opening(plan)
         for message in opening:
             yield message
         symbols, types = plan.symbols, plan.types
