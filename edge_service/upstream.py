@@ -301,14 +301,17 @@ class SymbolUpstream:
 
     def _take_batch(self, batch: feed_pb2.TickBatch, live: list[EncodedTick]) -> None:
         assert self.epoch is not None
-        epoch, watermark = self.epoch, self.watermark
+        epoch, watermark, latest = self.epoch, self.watermark, self.latest
+        encoded = None
+        # The hot loop (about 1 us a tick beside encode_tick's 2-5): the encoded tick's plain
+        # fields are read, not the message's again (a protobuf field read costs 0.1-0.2 us).
         for tick in batch.ticks:
             encoded = encode_tick(tick, epoch)
-            self.latest[encoded.kind] = encoded
-            if tick.offset > watermark:
+            latest[encoded.kind] = encoded
+            if encoded.offset > watermark:
                 live.append(encoded)
-        if batch.ticks:  # offset order: the last is the newest
-            self.last_tick_ns = max(self.last_tick_ns, batch.ticks[-1].ingest_time.ToNanoseconds())
+        if encoded is not None:  # offset order: the last is the newest
+            self.last_tick_ns = max(self.last_tick_ns, encoded.ingest_ns)
         self.watermark = max(watermark, batch.head_offset)
         self.ready.set()
 
