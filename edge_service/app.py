@@ -45,7 +45,6 @@ from .upstream import UpstreamPool, UpstreamUnavailable
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "2"
-SYMBOLS_FRESH_S = 1.0  # GET /symbols reloads the list from the feed when older than this
 SHUTDOWN_GRACE_S = 2.0  # for each stream to send its final event once shutdown starts
 SSE_DESCRIPTION = (
     "Server-Sent Events (WHATWG HTML, 'Server-sent events'). Each tick is `event: trade` or "
@@ -262,7 +261,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         require_ready(feed)
         unknown = [s for s in symbols if s not in feed.symbols]
         if unknown:  # a producer may have published it since the last refresh
-            await feed.refresh_if_older()
+            await feed.lookup(unknown[:10])
             unknown = [s for s in symbols if s not in feed.symbols]
         if unknown:
             raise Problem(
@@ -385,7 +384,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             authorize(verifier, request, [])
         feed = feed_of(request)
         require_ready(feed)
-        await feed.refresh_if_older(SYMBOLS_FRESH_S)
+        await feed.refresh_now()
         return JSONResponse(
             {
                 "epoch": feed.epoch,

@@ -30,7 +30,6 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 SYMBOLS_REFRESH_S = 10.0
-ON_DEMAND_REFRESH_S = 0.5  # a request naming an unknown symbol refreshes at most this often
 
 
 class FeedClient:
@@ -77,6 +76,7 @@ class FeedClient:
         self._task: asyncio.Task[None] | None = None
         self._symbols_at = 0.0
         self._refreshing: asyncio.Task[None] | None = None
+        self._refreshes_started = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._watch(), name="feed-health")
@@ -118,15 +118,31 @@ class FeedClient:
         self.epoch = reply.epoch
         self._symbols_at = asyncio.get_running_loop().time()
 
-    async def refresh_if_older(self, seconds: float = ON_DEMAND_REFRESH_S) -> None:
-        """Reload the symbol list unless it is younger than ``seconds``: producers introduce
-        symbols at any time. Concurrent callers share one call; errors leave the list as is."""
-        if asyncio.get_running_loop().time() - self._symbols_at < seconds:
-            return
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.create_task(self.refresh_symbols(), name="symbols")
+    async def refresh_now(self) -> None:
+        """Reload the symbol list through a ListSymbols call begun after this call was: a
+        symbol published just before is in it. Concurrent callers share calls, so there is at
+        most one in flight; errors leave the list as it was."""
+        needed = self._refreshes_started + 1
+        while True:
+            task = self._refreshing
+            if task is None or task.done():
+                self._refreshes_started += 1
+                task = self._refreshing = asyncio.create_task(
+                    self.refresh_symbols(), name="symbols"
+                )
+            started = self._refreshes_started
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await asyncio.shield(task)
+            if started >= needed:
+                return
+
+    async def lookup(self, symbols: list[str]) -> None:
+        """Ask the feed about ``symbols`` it was not known to serve (producers add symbols at
+        any time) and add those it serves. Errors leave the list as it was."""
+        request = feed_pb2.ListSymbolsRequest(symbols=symbols)
         with contextlib.suppress(grpc.aio.AioRpcError):
-            await asyncio.shield(self._refreshing)
+            reply = await self.stub.ListSymbols(request, timeout=2.0)
+            self.symbols.update((info.symbol, info) for info in reply.symbols)
 
     async def _refresh_sources(self) -> None:
         """Reload the feed's sources and their states (a feed without ListSources: none)."""

@@ -53,9 +53,10 @@ class TickHub:
         for info in infos:
             self._symbols[info.symbol] = info
 
-    def symbols(self) -> list[feed_pb2.SymbolInfo]:
-        """Metadata of every declared symbol, sorted by symbol."""
-        return [self._symbols[name] for name in sorted(self._symbols)]
+    def symbols(self, only: set[str] | None = None) -> list[feed_pb2.SymbolInfo]:
+        """Metadata of every declared symbol (or of those in ``only``), sorted by symbol."""
+        names = self._symbols if only is None else only & self._symbols.keys()
+        return [self._symbols[name] for name in sorted(names)]
 
     def knows(self, symbol: str) -> bool:
         return symbol in self._symbols

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,10 @@ PRODUCER_METADATA = "tickstream-producer"
 """Optional metadata naming a producer in ``ListSources`` when the feed checks no tokens (with
 tokens, the token's client name is used)."""
 MAX_PRODUCER_NAME = 64
+
+CLOSE_SETTLE_S = 0.5
+"""How long the end of a producer's requests waits to learn whether the producer closed its
+stream or its connection was lost (see :func:`_call_was_lost`)."""
 
 _STATUS = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -93,23 +98,24 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         handle = self._liveness.source(f"publish:{self._producer_name(context, grant)}")
         handle.streams += 1
         handle.connected()
-        closed_cleanly = False
+        lost = False
         try:
             async for request in request_iterator:
                 try:
                     yield self._store(request, grant, handle)
                 except FeedError as error:
+                    lost = True
                     await self._abort(context, error)
-            # grpc-aio ends the request iterator both when the producer half-closes and when
-            # its connection is lost; only the latter cancels the call.
-            await asyncio.sleep(0)
-            closed_cleanly = not context.cancelled()
+            lost = await _call_was_lost(context)
+        except asyncio.CancelledError:
+            lost = True
+            raise
         finally:
             handle.streams -= 1
-            if handle.streams == 0 and closed_cleanly:
-                handle.ended("the producer closed its stream")
-            elif handle.streams == 0:  # cancelled, killed, cut off, or refused a batch
+            if handle.streams == 0 and lost:
                 handle.down("the producer's stream was lost or refused")
+            elif handle.streams == 0:
+                handle.ended("the producer closed its stream")
 
     def _store(
         self, request: ingest_pb2.PublishRequest, grant: ClientGrant | None, handle: SourceHandle
@@ -192,3 +198,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         }.get(code, "unavailable")
         self._metrics.publish_batches.labels(outcome).inc()
         await context.abort(code, str(error))
+
+
+async def _call_was_lost(context: grpc.aio.ServicerContext) -> bool:
+    """After the last request: True when the call was cancelled (the producer's connection was
+    lost), False when the producer half-closed its stream.
+
+    grpc-aio ends the request iterator alike in both cases; a lost connection also ends the
+    call, usually within milliseconds, but not always before the iterator ends. So wait up to
+    CLOSE_SETTLE_S for that; a clean close's final status is delayed by as much.
+    """
+    ended = asyncio.get_running_loop().create_future()
+    context.add_done_callback(lambda _: ended.done() or ended.set_result(None))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(ended), CLOSE_SETTLE_S)
+    return context.cancelled() or ended.done()

@@ -262,7 +262,8 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         if not self._hub.ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the feed is still loading its source")
         infos = []
-        for known in self._hub.symbols():
+        wanted = set(request.symbols)
+        for known in self._hub.symbols(wanted or None):
             info = feed_pb2.SymbolInfo()
             info.CopyFrom(known)
             info.MergeFrom(self._liveness.status_fields(known.symbol))

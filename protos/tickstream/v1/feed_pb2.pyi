@@ -354,12 +354,19 @@ Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
 class ListSymbolsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    SYMBOLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def symbols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """When set, only these symbols (those the feed does not serve are left out of the reply)."""
+
     def __init__(
         self,
+        *,
+        symbols: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["symbols", b"symbols"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
