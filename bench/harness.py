@@ -38,8 +38,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def pinned(cpu: str, args: list[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *args] if shutil.which("taskset") else args
+def pinned(cpu: str | None, args: list[str]) -> list[str]:
+    """``args`` run on ``cpu`` (taskset); unchanged when ``cpu`` is None (not pinned)."""
+    return ["taskset", "-c", cpu, *args] if cpu is not None and shutil.which("taskset") else args
 
 
 def _raise_nofile() -> None:
@@ -82,8 +83,9 @@ class Proc:
                 self.popen.wait()
 
 
-def start(name: str, args: list[str], logs: Path, cpu: str = SERVER_CPU) -> Proc:
-    """Start ``args`` pinned to ``cpu`` with a raised open-files limit; output to ``logs``."""
+def start(name: str, args: list[str], logs: Path, cpu: str | None = SERVER_CPU) -> Proc:
+    """Start ``args`` pinned to ``cpu`` (None: not pinned) with a raised open-files limit;
+    output to ``logs``."""
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}.log"
     with log.open("ab") as out:
@@ -154,8 +156,10 @@ def run_load(
     check_ids: bool = False,
     on_window: Callable[[str], None] | None = None,
     connect_timeout: float = 20,
+    cpu: str | None = CLIENT_CPU,
 ) -> dict[str, object]:
-    """Run the C load client against ``http://127.0.0.1:port/path``; its JSON figures.
+    """Run the C load client against ``http://127.0.0.1:port/path`` on ``cpu`` (None: not
+    pinned); its JSON figures.
 
     More than ``CLIENTS_PER_PROCESS`` clients are split over several client processes (all on
     the client CPU); their counts are summed and their latency percentiles are the worst of the
@@ -174,7 +178,7 @@ def run_load(
         if check_ids:
             args.append("--check-ids")
         popen = subprocess.Popen(
-            pinned(CLIENT_CPU, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            pinned(cpu, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         popens.append(popen)
         threading.Thread(target=_watch_stderr, args=(popen, ready), daemon=True).start()

@@ -149,6 +149,7 @@ def summary_rows(results: Path, day: str) -> list[list[str]]:
                 "n/a",
             ]
         )
+    rows += publish_rows(results, day)
     scaling = [r for r in _load(results, day, "scaling") if r["server"] == "tickstream"]
     feed_cpu = [(r["clients"], r.get("feed_cpu")) for r in scaling if r.get("feed_cpu") is not None]
     if feed_cpu:
@@ -164,6 +165,43 @@ def summary_rows(results: Path, day: str) -> list[list[str]]:
                 "n/a",
             ]
         )
+    return rows
+
+
+def publish_rows(results: Path, day: str) -> list[list[str]]:
+    """Rows of the publish scenario (``publish.py``): end to end, pinned, as fast as the
+    producer can; and the 20 s flood."""
+    rows = []
+    for row in _load(results, day, "publish"):
+        if row["scenario"] == "e2e" and row["pinned"] and not row["profiled"]:
+            if row.get("paced_at"):
+                continue
+            sse = row["sse"]
+            rows.append(
+                [
+                    ">= 200,000 ticks/s from one producer (batches of 100) end to end to one "
+                    "SSE client",
+                    f"{_fmt(row['ticks_per_s'])} ticks/s delivered "
+                    f"({_fmt(row['acked_ticks_per_s'])} acknowledged), p99 "
+                    + (f"{sse['p99_ms']} ms" if sse["p99_ms"] >= 0 else "n/a (no events)"),
+                    "yes" if row["ticks_per_s"] >= 200_000 and row.get("whole") else "no",
+                    "n/a",
+                    "n/a",
+                ]
+            )
+        elif row["scenario"] == "flood":
+            rows.append(
+                [
+                    f"{row['seconds']} s flood from one producer: feed RSS bounded, the "
+                    "producer slowed, not failed",
+                    f"RSS {row['rss_min_mib']}-{row['rss_max_mib']} MiB, bounded: "
+                    f"{row['bounded']}; {_fmt(row['ticks_per_s'])} ticks/s acknowledged, "
+                    f"status {'/'.join(row['statuses'])}",
+                    "yes" if row["bounded"] and row["slowed_not_failed"] else "no",
+                    "n/a",
+                    "n/a",
+                ]
+            )
     return rows
 
 

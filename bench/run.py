@@ -9,7 +9,9 @@ Scenarios (each writes ``bench/results/<date>-<scenario>.json``):
 - ``latency``: feed ingest -> client receive at real-data rates (Binance replay 1x, 200 clients
   on both symbols);
 - ``feed``: ticks/s the feed streams to one gRPC subscriber;
-- ``profile``: py-spy of the edge at saturation (flame graph SVG + top functions).
+- ``profile``: py-spy of the edge at saturation (flame graph SVG + top functions);
+- ``publish``: producers' ticks/s into the feed and end to end, a 20 s flood (``publish.py``,
+  which also writes its own block of ``bench/README.md``).
 
 Then ``<date>-summary.md`` (targets, measured values, ratios to Nchan and to the baseline),
 PNG plots, and the results block of ``bench/README.md``. Servers run on CPU 0 and the load
@@ -363,6 +365,12 @@ def main_thread_profile(
     return share(own), share(inclusive)
 
 
+def run_publish() -> list[dict[str, object]]:
+    from publish import run_publish as publish_scenarios
+
+    return publish_scenarios()
+
+
 SCENARIOS: dict[str, Callable[[], list[dict[str, object]]]] = {
     "fanout": run_fanout,
     "scaling": run_scaling,
@@ -370,6 +378,7 @@ SCENARIOS: dict[str, Callable[[], list[dict[str, object]]]] = {
     "latency": run_latency,
     "feed": run_feed,
     "profile": run_profile,
+    "publish": run_publish,
 }
 
 
@@ -387,9 +396,10 @@ def main() -> int:
         path = RESULTS / f"{TODAY}-{name}.json"
         path.write_text(json.dumps({"date": TODAY, "machine": info, "runs": runs}, indent=1))
         say(f"wrote {path.relative_to(ROOT)}")
-    from report import write_report
+    if set(args.only) - {"publish"}:  # publish.py writes its own README block
+        from report import write_report
 
-    write_report(RESULTS, TODAY, info)
+        write_report(RESULTS, TODAY, info)
     say(f"done in {time.monotonic() - started:.0f} s")
     return 0
 
