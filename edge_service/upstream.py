@@ -18,6 +18,13 @@ from .metrics import EdgeMetrics
 
 log = logging.getLogger(__name__)
 
+INBOX_LIMIT = 64
+"""Feed messages (each up to 500 ticks) read but not yet handled; a reader thread that finds the
+inbox full waits, so the gRPC stream's flow control holds the feed back instead of the edge's
+memory growing when ticks come faster than the loop encodes them."""
+DRAIN_LIMIT = 8
+"""Messages handled per turn of the event loop: under a flood, client writes and new requests
+still run between turns."""
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 3.0
 TERMINAL_CODES = frozenset(
@@ -127,6 +134,7 @@ class SymbolUpstream:
         # (epoch, watermark) as one tuple, so the reader thread reads a consistent pair.
         self._position: tuple[str | None, int] = (None, 0)
         self._inbox: deque[object] = deque()
+        self._room = threading.Semaphore(INBOX_LIMIT)
         self._drain_scheduled = False
         self._first = False
         self._last_message = 0.0
@@ -169,6 +177,10 @@ class SymbolUpstream:
         return request
 
     def _post(self, item: object) -> None:
+        """Queue ``item`` for the loop (reader thread), waiting while the inbox is full."""
+        while not self._room.acquire(timeout=0.5):
+            if self._stopping.is_set():
+                return
         self._inbox.append(item)
         if not self._drain_scheduled:
             self._drain_scheduled = True
@@ -220,15 +232,17 @@ class SymbolUpstream:
                 self._call.cancel()
 
     def _drain(self) -> None:
-        """Handle everything the reader queued, dispatching the live ticks once."""
+        """Handle up to DRAIN_LIMIT queued messages, dispatching their live ticks once; another
+        turn is scheduled when more wait."""
         self._drain_scheduled = False
         assert self._loop is not None
         self._last_message = self._loop.time()
         live: list[EncodedTick] = []
         progressed = False
         inbox = self._inbox
-        while inbox:
+        for _ in range(min(len(inbox), DRAIN_LIMIT)):
             item = inbox.popleft()
+            self._room.release()
             if item is _CONNECTED:
                 self._first = True
             elif item is None:
@@ -260,6 +274,9 @@ class SymbolUpstream:
                     live, progressed = [], False
                     self._on_status(item.status)
         self._flush(live, progressed)
+        if inbox and not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
 
     def _on_heartbeat(self, beat: feed_pb2.Heartbeat, first: bool) -> bool:
         if first:
