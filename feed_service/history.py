@@ -57,6 +57,19 @@ class TickHistory(Generic[T]):
         self._slots[tick.offset % self._capacity] = tick
         self._head = tick.offset
 
+    def extend(self, ticks: list[T]) -> None:
+        """:meth:`append` each of ``ticks`` (offsets contiguous from ``head_offset + 1``), with
+        one check for the run. Raises ValueError, storing nothing, when they do not follow."""
+        if not ticks:
+            return
+        first, last = ticks[0].offset, ticks[-1].offset
+        if first != self._head + 1 or last - first + 1 != len(ticks):
+            raise ValueError(f"offsets {first}..{last} do not follow head {self._head}")
+        slots, capacity = self._slots, self._capacity
+        for tick in ticks:
+            slots[tick.offset % capacity] = tick
+        self._head = last
+
     def covers_after(self, offset: int) -> bool:
         """True when every tick after ``offset`` (up to the head) is still retained."""
         if offset > self._head:

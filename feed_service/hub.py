@@ -84,7 +84,7 @@ class TickHub:
         ingest_field = ingest_time_field(ingest_ns)
         both_fields = event_time_field(ingest_ns) + ingest_field
         known, sequences, latest = self._symbols, self._sequences, self._latest
-        append, of_draft = self.history.append, StoredTick.of_draft
+        of_draft, stored_ticks = StoredTick.of_draft, []
         for draft in drafts:
             symbol = draft.symbol
             if symbol not in known:
@@ -96,8 +96,9 @@ class TickHub:
             offset += 1
             times = ingest_field if draft.HasField("event_time") else both_fields
             stored = of_draft(draft.SerializeToString(), symbol, kind, sequence, offset, times)
-            append(stored)
+            stored_ticks.append(stored)
             latest[key] = stored
+        self.history.extend(stored_ticks)
         if offset != start:
             self.wake_waiters()
         return offset

@@ -13,7 +13,7 @@ response to any subscriber is a join of stored bytes: no per-subscriber copy or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf import timestamp_pb2
 from tickstream.v1 import feed_pb2, tick_pb2
@@ -83,11 +83,11 @@ def event_time_field(ns: int) -> bytes:
     return timestamp_field(_EVENT_TIME_KEY, ns)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredTick:
+class StoredTick(NamedTuple):
     """A published tick: the fields subscribers filter on as plain values, and ``entry``, its
     bytes as one ``TickBatch.ticks`` element (``body_at``: where the Tick's own bytes start).
-    ``tick`` parses them back (snapshots of messages, tests)."""
+    ``tick`` parses them back (snapshots of messages, tests). A named tuple: one is made per
+    stored tick, and it is made in a third of a frozen dataclass's time."""
 
     offset: int
     symbol: str

@@ -42,3 +42,14 @@ def test_append_rejects_a_non_contiguous_offset() -> None:
     history = filled(3, 2)
     with pytest.raises(ValueError):
         history.append(tick_pb2.Tick(offset=4))
+
+
+def test_extend_stores_a_contiguous_run_or_nothing() -> None:
+    history = filled(4, 2)
+    history.extend([tick_pb2.Tick(symbol="X", offset=o) for o in (3, 4, 5)])
+    assert (history.earliest_offset, history.head_offset) == (2, 5)
+    assert [t.offset for t in history.after(0, 10)] == [2, 3, 4, 5]
+    for bad in ([6, 8], [7], [5]):
+        with pytest.raises(ValueError):
+            history.extend([tick_pb2.Tick(symbol="X", offset=o) for o in bad])
+    assert history.head_offset == 5
