@@ -140,6 +140,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         f"rate limit of {grant.max_rate:g} ticks/s for {grant.name!r} exceeded; "
                         "nothing of the batch was stored, send it again later"
                     )
+        # A draft's bytes become its tick's: fields this feed does not know (the reserved
+        # sequence, offset and ingest_time numbers included) must not ride along.
+        request.DiscardUnknownFields()
         result = self._ingestor.ingest(request.ticks, handle)
         self._metrics.publish_batches.labels("stored").inc()
         self._metrics.ticks_published.inc(result.accepted)

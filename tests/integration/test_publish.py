@@ -237,3 +237,39 @@ async def test_publish_rights_and_limits_come_from_the_tokens_file(
     assert await symbols_of(target, bearer(SUBSCRIBER)) == ["FX.EURUSD", "FX.USDJPY"]
     output = guarded_feed.output() + "\n".join(guarded_feed.lines)
     assert SUBSCRIBER not in output and PRODUCER not in output
+
+
+async def test_unknown_fields_of_a_draft_do_not_reach_its_tick(
+    producers_feed: ServiceProcess,
+) -> None:
+    """Regression: a draft's bytes become its tick's, so fields the feed does not know (here
+    the reserved sequence number 2 and an unknown field 99) would have ridden along into every
+    subscriber's Tick; they are discarded."""
+    target = f"127.0.0.1:{producers_feed.port}"
+    draft = trade("GOOD2", 5000).SerializeToString()
+    forged = draft + b"\x10\x07" + b"\x9a\x06\x05forge"  # sequence=7, field 99 = "forge"
+    request = b"\x0a" + bytes([len(forged)]) + forged
+    async with grpc.aio.insecure_channel(target) as channel:
+        publish_raw = channel.stream_stream(
+            "/tickstream.v1.IngestService/Publish",
+            request_serializer=lambda raw: raw,
+            response_deserializer=ingest_pb2.PublishResponse.FromString,
+        )
+        call = publish_raw()
+        await call.write(request)
+        ack = await asyncio.wait_for(call.read(), 10)
+        await call.done_writing()
+    assert ack.accepted == 1
+    async with grpc.aio.insecure_channel(target) as channel:
+        after = feed_pb2.StreamPosition(epoch=ack.epoch, offset=ack.last_offset - 1)
+        request = feed_pb2.SubscribeRequest(symbols=["GOOD2"], after=after)
+        call = feed_pb2_grpc.FeedServiceStub(channel).Subscribe(request)
+        async with asyncio.timeout(10):
+            async for response in call:
+                if response.ticks.ticks:
+                    tick = response.ticks.ticks[0]
+                    break
+        call.cancel()
+    assert tick.offset == ack.last_offset
+    assert tick.trade.trade_id == "5000" and tick.sequence != 7
+    assert b"forge" not in tick.SerializeToString()
