@@ -38,10 +38,12 @@ class SourceHandle:
     ticks: int = 0
     detail: str = ""
     streams: int = 0  # open Publish streams sharing this name (producers only)
+    since_ns: int = field(default_factory=time.time_ns)  # when it was created or reconnected
 
     def connected(self, detail: str = "") -> None:
         """(Re)connected: no tick yet on this connection."""
         self.state, self.detail = CONNECTED, detail
+        self.since_ns = time.time_ns()
 
     def down(self, detail: str) -> None:
         """Lost its connection and trying again: reported as stale with ``detail``."""
@@ -128,10 +130,14 @@ class Liveness:
                 clock.stale = True
                 self._append(symbol, clock)
                 turned += 1
+        limit_ns = self.stale_after * 1e9
         for handle in self.sources.values():
-            quiet = handle.last_tick_ns and now_ns - handle.last_tick_ns > self.stale_after * 1e9
-            if handle.state == FLOWING and quiet:
+            if handle.state == FLOWING and now_ns - handle.last_tick_ns > limit_ns:
                 handle.state, handle.detail = STALE, f"no tick for {self.stale_after:g} s"
+            elif handle.state == CONNECTED and now_ns - handle.since_ns > limit_ns:
+                # connected, yet nothing comes (e.g. an exchange stream of unknown symbols)
+                handle.state = STALE
+                handle.detail = f"connected, no tick for {self.stale_after:g} s"
         return turned
 
     def stale_after_for(self, symbol: str) -> float:

@@ -48,3 +48,13 @@ def test_ages_are_seconds_since_the_last_tick() -> None:
     liveness = Liveness(stale_after=2)
     liveness.touch(["A"], 10 * S)
     assert dict(liveness.ages(12 * S + S // 2)) == {"A": 2.5}
+
+
+def test_a_source_connected_without_ticks_turns_stale() -> None:
+    liveness = Liveness(stale_after=2)
+    handle = liveness.source("binance")
+    handle.connected()
+    liveness.sweep(handle.since_ns + S)
+    assert handle.state == feed_pb2.SOURCE_STATE_CONNECTED
+    liveness.sweep(handle.since_ns + 3 * S)
+    assert handle.state == feed_pb2.SOURCE_STATE_STALE and "connected, no tick" in handle.detail
