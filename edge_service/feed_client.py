@@ -50,7 +50,9 @@ class FeedClient:
         """``credentials``: TLS to the feed (None: plaintext); ``token``: sent as
         ``authorization: Bearer <token>`` metadata on every FeedService call."""
         self.target = target
-        aio_interceptors = [_AioToken(token)] if token else None
+        aio_interceptors: list[grpc.aio.ClientInterceptor] | None = (
+            [_AioUnaryToken(token), _AioStreamToken(token)] if token else None
+        )
         if credentials is not None:
             self.channel = grpc.aio.secure_channel(
                 target, credentials, options=CHANNEL_OPTIONS, interceptors=aio_interceptors
@@ -182,8 +184,8 @@ def _with_token(metadata: Any, token: str) -> list[tuple[str, str]]:
     return [*(metadata or ()), ("authorization", f"Bearer {token}")]
 
 
-class _AioToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """Adds the bearer token to every call of an aio channel."""
+class _AioToken:
+    """Adds the bearer token to the details of an aio call."""
 
     def __init__(self, token: str) -> None:
         self._token = token
@@ -197,8 +199,18 @@ class _AioToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClient
             details.wait_for_ready,
         )
 
+
+class _AioUnaryToken(_AioToken, grpc.aio.UnaryUnaryClientInterceptor):
+    """The token on unary calls (health checks, ListSymbols, ListSources)."""
+
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
+
+
+class _AioStreamToken(_AioToken, grpc.aio.UnaryStreamClientInterceptor):
+    """The token on Subscribe (the resume catch-up streams). A separate class: grpc-aio files
+    each interceptor under the first call kind it implements only, so one class doing both
+    left the catch-up Subscribe without a token (UNAUTHENTICATED, resume never worked)."""
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)

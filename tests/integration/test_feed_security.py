@@ -16,7 +16,7 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc
 
-from tests.support import iter_events, spawn, start_edge, start_feed
+from tests.support import collect, iter_events, spawn, start_edge, start_feed
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,20 @@ async def first_tick_through(edge_port: int) -> str:
             if event.event in ("trade", "quote"):
                 return event.event
     raise AssertionError("no tick")
+
+
+async def resumes_through(edge_port: int) -> None:
+    """Regression: a resume (``earliest``, then a cursor) reads the feed's history through a
+    catch-up Subscribe of its own; without the token on it every resume ended with
+    ``disconnect``/``feed_unavailable`` (the aio stream interceptor was never applied)."""
+    base = f"http://127.0.0.1:{edge_port}/sse/AAA"
+    async with httpx.AsyncClient(timeout=20) as http:
+        events = await collect(http, f"{base}?last_event_id=earliest", 20)
+        assert all(e.event in ("trade", "quote") for e in events), events[-1]
+        cursor = events[9].id
+        assert cursor is not None
+        resumed = await collect(http, base, 5, headers={"Last-Event-ID": cursor})
+    assert [e.offset for e in resumed] == [e.offset for e in events[10:15]]
 
 
 async def test_mutual_tls_admits_the_edge_and_refuses_clients_without_a_certificate(
@@ -158,6 +172,7 @@ async def test_the_edge_presents_its_feed_token(token_feed: tuple[int, Path]) ->
     edge = start_edge(port, env={"EDGE_FEED_TOKEN": "edge-token-0123456789"})
     try:
         assert await first_tick_through(edge.port) in ("trade", "quote")
+        await resumes_through(edge.port)
         assert not any("edge-token-0123456789" in line for line in edge.lines)
     finally:
         edge.stop()
