@@ -250,6 +250,32 @@ async def test_stalled_feed_is_noticed_and_resumed_without_gap(
     assert not [e for e in events if isinstance(e, ts.Reset)]
 
 
+async def test_publisher_outlives_a_feed_stalled_past_its_ack_timeout(
+    feed: ServiceProcess,
+) -> None:
+    """Regression: a feed SIGSTOPped for longer than ``ack_timeout`` made the publisher cancel
+    its call, and grpc-aio's CancelledError from the pending read ended the publisher's task
+    for good: publish() and close() then waited forever. Now it reconnects and resends."""
+    async with (
+        asyncio.timeout(60),
+        ts.Publisher(f"127.0.0.1:{feed.port}", batch_size=10, ack_timeout=1.0) as publisher,
+    ):
+        for n in range(50):
+            await publisher.publish(draft(n))
+        await publisher.flush()
+        feed.signal(signal.SIGSTOP)
+        try:
+            for n in range(50, 100):
+                await publisher.publish(draft(n))
+            await asyncio.sleep(2.5)
+        finally:
+            feed.signal(signal.SIGCONT)
+        await publisher.flush()
+    assert publisher.stats.reconnects >= 1
+    _, ticks = await stored(feed.port)
+    assert trade_ids(ticks) == list(range(100)), "each tick stored once, in order"
+
+
 async def test_terminal_errors_raise() -> None:
     """An unknown symbol ends a subscription with SubscribeError (NOT_FOUND); a batch the feed
     refuses (over its --max-batch) ends publishing with PublishError naming the batch."""

@@ -210,6 +210,8 @@ class Publisher:
                 try:
                     await self._session(call, backoff)
                     reason = "the feed ended the stream"
+                except _CallCancelled as cancelled:
+                    reason = str(cancelled)
                 except grpc.aio.AioRpcError as error:
                     if error.code() in TERMINAL_CODES:
                         self._fail(error.code(), error.details() or "")
@@ -238,7 +240,7 @@ class Publisher:
         self._progress_at = asyncio.get_running_loop().time()
         helpers = [asyncio.create_task(self._write(call)), asyncio.create_task(self._watch(call))]
         try:
-            while (response := await call.read()) is not grpc.aio.EOF:
+            while (response := await _read(call)) is not grpc.aio.EOF:
                 assert isinstance(response, ingest_pb2.PublishResponse)
                 self._settle(response)
                 backoff.reset()
@@ -304,3 +306,21 @@ class Publisher:
         )
         self._error = PublishError(message, code, details, batch_id=batch_id, dropped_ticks=dropped)
         self._wake()
+
+
+class _CallCancelled(Exception):
+    """This publisher cancelled its own call (no ack in time, or a write failed)."""
+
+
+async def _read(call: grpc.aio.StreamStreamCall) -> object:
+    """``call.read()``; a call cancelled by this publisher raises _CallCancelled, not the
+    CancelledError grpc-aio raises there, which would end the publisher's task for good and
+    leave publish() and close() waiting forever (found by a breaker: SIGSTOP of the feed for
+    longer than ack_timeout)."""
+    try:
+        return await call.read()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the publisher itself is being cancelled
+        raise _CallCancelled("the call was cancelled (no ack in time, or a write failed)") from None
