@@ -72,6 +72,11 @@ def _check_decimals(index: int, body: object, prefix: str, names: Sequence[str])
             )
 
 
+def _too_long(text: str, limit: int) -> bool:
+    """More than ``limit`` bytes in UTF-8 (encoded only when it is not ASCII)."""
+    return len(text) > limit or (not text.isascii() and len(text.encode()) > limit)
+
+
 def _bid_above_ask(bid: str, ask: str) -> bool:
     """Exact ``bid > ask`` for decimal strings. Rounding to float is monotonic, so unequal
     floats order the decimals the same way; only equal floats need the exact comparison."""
@@ -97,8 +102,8 @@ def check_draft(index: int, draft: ingest_pb2.TickDraft, known: Container[str] =
         trade = draft.trade
         if not DECIMAL_PAIR.fullmatch(f"{trade.price} {trade.size}"):
             _check_decimals(index, trade, "trade", TRADE_DECIMALS)
-        if len(trade.trade_id) > MAX_TRADE_ID:
-            raise InvalidDraft(index, "trade.trade_id", f"is over {MAX_TRADE_ID} characters")
+        if _too_long(trade.trade_id, MAX_TRADE_ID):
+            raise InvalidDraft(index, "trade.trade_id", f"is over {MAX_TRADE_ID} bytes (UTF-8)")
         if trade.side not in SIDES:
             raise InvalidDraft(index, "trade.side", f"{trade.side} is not a Side")
     elif body == "quote":
@@ -110,8 +115,8 @@ def check_draft(index: int, draft: ingest_pb2.TickDraft, known: Container[str] =
             raise InvalidDraft(index, "quote.bid_price", f"{bid} is above quote.ask_price {ask}")
     else:
         raise InvalidDraft(index, "body", "is missing: set trade or quote")
-    if len(draft.dedup_id) > MAX_DEDUP_ID:
-        raise InvalidDraft(index, "dedup_id", f"is over {MAX_DEDUP_ID} characters")
+    if _too_long(draft.dedup_id, MAX_DEDUP_ID):
+        raise InvalidDraft(index, "dedup_id", f"is over {MAX_DEDUP_ID} bytes (UTF-8)")
     if draft.HasField("event_time"):
         stamp = draft.event_time
         if not (0 <= stamp.seconds <= MAX_TIMESTAMP_S and 0 <= stamp.nanos < 1_000_000_000):
@@ -121,8 +126,8 @@ def check_draft(index: int, draft: ingest_pb2.TickDraft, known: Container[str] =
 class DedupWindow:
     """The last ``capacity`` (symbol, dedup id) pairs stored, feed-wide, oldest forgotten first.
 
-    Memory is bounded by ``capacity`` (about 200 bytes a pair). With 0, a pair is remembered
-    only until the next one arrives (enough to drop a repeat within a batch).
+    Memory is bounded by ``capacity`` (about 200 bytes a pair with short ids, up to about 400
+    with 128-byte ones). 0 turns deduplication off.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -210,8 +215,9 @@ class Ingestor:
                 key = (draft.symbol, draft.dedup_id)
                 if key in dedup:
                     continue
-                dedup.add(key)  # nothing can fail from here on: the batch will be stored
-                draft.ClearField("dedup_id")
+                if dedup.capacity:  # nothing can fail from here on: the batch will be stored
+                    dedup.add(key)
+                draft.ClearField("dedup_id")  # not part of the tick
             kept.append(draft)
         return kept
 

@@ -20,7 +20,7 @@ FLOWING = feed_pb2.SOURCE_STATE_FLOWING
 STALE = feed_pb2.SOURCE_STATE_STALE
 ENDED = feed_pb2.SOURCE_STATE_ENDED
 STATUS_LOG_SIZE = 4_096
-MAX_SOURCES = 1_000  # ended sources beyond this are forgotten, oldest first
+MAX_SOURCES = 1_000  # producers without a stream beyond this are forgotten, oldest first
 
 
 @dataclass(slots=True)
@@ -101,8 +101,13 @@ class Liveness:
         handle = self.sources.get(name)
         if handle is None:
             if len(self.sources) >= MAX_SOURCES:
-                ended = [n for n, h in self.sources.items() if h.state == ENDED]
-                for old in ended[: len(self.sources) - MAX_SOURCES + 1]:
+                # Forget producers no stream is open for, oldest first (built-in ones stay).
+                gone = [
+                    n
+                    for n, h in self.sources.items()
+                    if n.startswith("publish:") and h.streams == 0 and h.state in (ENDED, STALE)
+                ]
+                for old in gone[: len(self.sources) - MAX_SOURCES + 1]:
                     del self.sources[old]
             handle = self.sources[name] = SourceHandle(name)
         return handle

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from tickstream.v1 import ingest_pb2, ingest_pb2_grpc
 
 from .errors import FeedError, InvalidRequest, LimitExceeded, NotReady, PermissionDenied
@@ -48,15 +49,14 @@ class RateBucket:
     def full(cls, rate: float) -> RateBucket:
         return cls(rate, rate, time.monotonic())
 
-    def take(self, count: int) -> bool:
-        """Spend ``count`` ticks if the bucket holds them; False (nothing spent) otherwise."""
+    def reserve(self, count: int) -> float:
+        """Spend ``count`` ticks, going into debt if need be; the seconds to wait before the
+        batch may be stored (0 when the bucket held them). ``count`` is at most ``rate``."""
         now = time.monotonic()
         self.level = min(self.rate, self.level + (now - self.stamp) * self.rate)
         self.stamp = now
-        if count > self.level:
-            return False
         self.level -= count
-        return True
+        return 0.0 if self.level >= 0 else -self.level / self.rate
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -88,9 +88,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def Publish(
         self,
-        request_iterator: AsyncIterator[ingest_pb2.PublishRequest],
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ingest_pb2.PublishResponse]:
+        """Requests arrive as bytes (see :func:`add_ingest_to_server`) so that a malformed one
+        gets INVALID_ARGUMENT rather than grpc's UNKNOWN and a logged traceback."""
         try:
             grant = self._admit(context)
         except FeedError as error:
@@ -98,29 +100,53 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         handle = self._liveness.source(f"publish:{self._producer_name(context, grant)}")
         handle.streams += 1
         handle.connected()
-        lost = False
+        outcome = "the producer closed its stream"
         try:
-            async for request in request_iterator:
+            async for raw in request_iterator:
                 try:
+                    request = _parse(raw)
+                    await self._throttle(request, grant)
                     yield self._store(request, grant, handle)
                 except FeedError as error:
-                    lost = True
+                    outcome = f"refused: {error}"[:200]
                     await self._abort(context, error)
-            lost = await _call_was_lost(context)
+            if await _call_was_lost(context):
+                outcome = ""
         except asyncio.CancelledError:
-            lost = True
+            outcome = ""
             raise
         finally:
             handle.streams -= 1
-            if handle.streams == 0 and lost:
-                handle.down("the producer's stream was lost or refused")
-            elif handle.streams == 0:
-                handle.ended("the producer closed its stream")
+            if handle.streams == 0 and not outcome:  # the connection was lost: data may be due
+                handle.down("the producer's connection was lost")
+            elif handle.streams == 0:  # it stopped, or made a mistake: nothing more is coming
+                handle.ended(outcome)
+
+    async def _throttle(
+        self, request: ingest_pb2.PublishRequest, grant: ClientGrant | None
+    ) -> None:
+        """Hold a producer to its ``max_rate``: a batch over the rate waits (the producer is
+        slowed, its next batch read later); one larger than a second's worth never fits and
+        raises LimitExceeded."""
+        if grant is None or grant.max_rate is None:
+            return
+        count = len(request.ticks)
+        if count > grant.max_rate:
+            raise LimitExceeded(
+                f"ticks: a batch of {count} ticks never fits {grant.name!r}'s rate limit of "
+                f"{grant.max_rate:g} ticks/s; send batches of at most {int(grant.max_rate)}"
+            )
+        bucket = self._buckets.get(grant.name)
+        if bucket is None:
+            bucket = self._buckets[grant.name] = RateBucket.full(grant.max_rate)
+        delay = bucket.reserve(count)
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     def _store(
         self, request: ingest_pb2.PublishRequest, grant: ClientGrant | None, handle: SourceHandle
     ) -> ingest_pb2.PublishResponse:
-        """Check limits and rights, store the batch; the acknowledgement to send."""
+        """Check size and rights, store the batch; the acknowledgement to send."""
         if self.closing or not self._hub.ready:
             raise NotReady("the feed is not accepting ticks now (starting or draining); retry")
         self._check_size(request, grant)
@@ -130,15 +156,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     raise PermissionDenied(
                         f"ticks[{index}].symbol: this token may not publish {draft.symbol!r}; "
                         "nothing of the batch was stored"
-                    )
-            if grant.max_rate is not None:
-                bucket = self._buckets.get(grant.name)
-                if bucket is None:
-                    bucket = self._buckets[grant.name] = RateBucket.full(grant.max_rate)
-                if not bucket.take(len(request.ticks)):
-                    raise LimitExceeded(
-                        f"rate limit of {grant.max_rate:g} ticks/s for {grant.name!r} exceeded; "
-                        "nothing of the batch was stored, send it again later"
                     )
         # A draft's bytes become its tick's: fields this feed does not know (the reserved
         # sequence, offset and ingest_time numbers included) must not ride along.
@@ -216,3 +233,29 @@ async def _call_was_lost(context: grpc.aio.ServicerContext) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(ended), CLOSE_SETTLE_S)
     return context.cancelled() or ended.done()
+
+
+def _parse(raw: bytes) -> ingest_pb2.PublishRequest:
+    """Raises InvalidRequest for bytes that are not a PublishRequest."""
+    try:
+        return ingest_pb2.PublishRequest.FromString(raw)
+    except DecodeError:
+        raise InvalidRequest(
+            "the request is not a tickstream.v1.PublishRequest (malformed protobuf, or a string "
+            "that is not UTF-8)"
+        ) from None
+
+
+def add_ingest_to_server(servicer: IngestServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` as ``tickstream.v1.IngestService`` on ``server``: as the generated
+    ``add_IngestServiceServicer_to_server``, except that requests reach Publish as bytes."""
+    handlers = {
+        "Publish": grpc.stream_stream_rpc_method_handler(
+            servicer.Publish,
+            request_deserializer=None,
+            response_serializer=ingest_pb2.PublishResponse.SerializeToString,
+        ),
+    }
+    service = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)

@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-from tickstream.v1 import feed_pb2, ingest_pb2, ingest_pb2_grpc
+from tickstream.v1 import feed_pb2, ingest_pb2
 
 from .config import FeedSettings
 from .errors import FeedError
@@ -19,7 +19,7 @@ from .hub import TickHub
 from .ingest import Ingestor
 from .liveness import Liveness
 from .metrics import FeedMetrics
-from .publish import IngestServicer
+from .publish import IngestServicer, add_ingest_to_server
 from .security import TokenInterceptor, TokenTable, server_credentials
 from .servicer import FeedServicer, add_to_server
 from .sources.base import TickSource
@@ -89,7 +89,7 @@ class FeedServer:
             interceptors=[TokenInterceptor(tokens)] if tokens is not None else None,
         )
         add_to_server(self.servicer, self.server)
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(self.ingest, self.server)
+        add_ingest_to_server(self.ingest, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (FEED_SERVICE_NAME, INGEST_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),

@@ -202,6 +202,7 @@ async def test_duplicates_are_acknowledged_not_stored(producers_feed: ServicePro
 
 SUBSCRIBER = "subscriber-token-6f1c2a9e8b7d4c3e"
 PRODUCER = "producer-token-2b8e4d6f0a1c3e5f"
+SLOW = "slow-producer-token-9c1d7e3f5a2b4c6d"
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +211,7 @@ def guarded_feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServicePr
     clients = [
         {"name": "edge", "token": SUBSCRIBER, "symbols": ["*"]},
         {"name": "fx-desk", "token": PRODUCER, "publish": ["FX.*"], "max_batch": 5, "max_rate": 40},
+        {"name": "slow-desk", "token": SLOW, "publish": ["SLOW.*"], "max_rate": 3},
     ]
     tokens.write_text(json.dumps({"clients": clients}))
     feed = start_feed("--source", "none", "--client-tokens", str(tokens))
@@ -245,13 +247,18 @@ async def test_publish_rights_and_limits_come_from_the_tokens_file(
         target, [batch(*(trade("FX.GBPUSD", n) for n in range(6)))], bearer(PRODUCER)
     )
     assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 5" in (error.details)
+    # Past its rate a producer is slowed, not refused: 100 ticks at 40/s with a second's burst.
     flood = [batch(*(trade("FX.USDJPY", b * 5 + n) for n in range(5))) for b in range(20)]
-    error = await refused(target, flood, bearer(PRODUCER))
+    started = asyncio.get_running_loop().time()
+    acks = await publish(target, flood, bearer(PRODUCER))
+    assert sum(a.accepted for a in acks) == 100
+    assert asyncio.get_running_loop().time() - started >= 1.2, "held to about 40 ticks/s"
+    error = await refused(target, [batch(*(trade("SLOW.X", n) for n in range(4)))], bearer(SLOW))
     assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "rate limit of 40 ticks/s" in error.details
+    assert "never fits 'slow-desk''s rate limit of 3 ticks/s" in error.details
     assert await symbols_of(target, bearer(SUBSCRIBER)) == ["FX.EURUSD", "FX.USDJPY"]
     output = guarded_feed.output() + "\n".join(guarded_feed.lines)
-    assert SUBSCRIBER not in output and PRODUCER not in output
+    assert not any(token in output for token in (SUBSCRIBER, PRODUCER, SLOW))
 
 
 async def test_unknown_fields_of_a_draft_do_not_reach_its_tick(
@@ -288,3 +295,37 @@ async def test_unknown_fields_of_a_draft_do_not_reach_its_tick(
     assert tick.offset == ack.last_offset
     assert tick.trade.trade_id == "5000" and tick.sequence != 7
     assert b"forge" not in tick.SerializeToString()
+
+
+async def test_malformed_protobuf_is_invalid_argument_and_a_refusal_ends_the_source(
+    producers_feed: ServiceProcess,
+) -> None:
+    """Regression: bytes that are not a PublishRequest got grpc's UNKNOWN and a logged
+    traceback; and a producer refused for a bad batch was reported stale (a lost source),
+    which could hold /readyz at 503. Now: INVALID_ARGUMENT, no traceback, source ended."""
+    target = f"127.0.0.1:{producers_feed.port}"
+    metadata = (("tickstream-producer", "garbler"),)
+
+    def send_raw() -> Refused:
+        with grpc.insecure_channel(target) as channel:
+            publish_raw = channel.stream_stream(
+                "/tickstream.v1.IngestService/Publish",
+                request_serializer=lambda raw: raw,
+                response_deserializer=ingest_pb2.PublishResponse.FromString,
+            )
+            try:
+                list(publish_raw(iter([b"\x0a\xff\xff\xff\xff\x0f"]), metadata=metadata))
+            except grpc.RpcError as error:
+                return Refused(error.code(), error.details() or "")  # type: ignore[attr-defined]
+        raise AssertionError("accepted")
+
+    error = await asyncio.to_thread(send_raw)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a tickstream.v1.PublishRequest" in error.details
+    assert not any("Traceback" in line for line in producers_feed.lines)
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await feed_pb2_grpc.FeedServiceStub(channel).ListSources(
+            feed_pb2.ListSourcesRequest(), timeout=5
+        )
+    garbler = next(s for s in reply.sources if s.name == "publish:garbler")
+    assert garbler.state == feed_pb2.SOURCE_STATE_ENDED and garbler.detail.startswith("refused")
