@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from .ingest import Ingestor, InvalidDraft
 from .liveness import Liveness, SourceHandle
 from .metrics import FeedMetrics
 from .security import ClientGrant, TokenTable
+
+log = logging.getLogger(__name__)
 
 PRODUCER_METADATA = "tickstream-producer"
 """Optional metadata naming a producer in ``ListSources`` when the feed checks no tokens (with
@@ -100,6 +103,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         handle = self._liveness.source(f"publish:{self._producer_name(context, grant)}")
         handle.streams += 1
         handle.connected()
+        log.info("producer %s: stream opened from %s", handle.name, context.peer())
         outcome = "the producer closed its stream"
         try:
             async for raw in request_iterator:
@@ -116,6 +120,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             outcome = ""
             raise
         finally:
+            log.info(
+                "producer %s: stream ended: %s (%d ticks stored from it so far)",
+                handle.name,
+                outcome or "connection lost",
+                handle.ticks,
+            )
             handle.streams -= 1
             if handle.streams == 0 and not outcome:  # the connection was lost: data may be due
                 handle.down("the producer's connection was lost")
