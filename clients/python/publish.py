@@ -2,7 +2,8 @@
 
     python clients/python/publish.py ticks.csv --target 127.0.0.1:50051 [--rate 500]
 
-One tick per CSV row (with a header) or JSON line: ``symbol``, ``type`` (trade or quote),
+One tick per CSV row (with a header) or JSON line (flat, or in the SSE shape): ``symbol``,
+``type`` (trade or quote; without it, a row with ``bid_price`` is a quote),
 ``price``, ``size``, ``side`` (buy or sell), ``trade_id`` for trades; ``bid_price``,
 ``bid_size``, ``ask_price``, ``ask_size`` for quotes; ``event_time`` (RFC 3339) and ``id``
 optional. Each tick's dedup id is its ``id``, else ``<file name>:<line>``: stable for the same
@@ -38,12 +39,15 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def to_draft(path: Path, line: int, row: dict[str, Any]) -> Any:
-    """The row as a tick draft, its dedup id taken from the input."""
-    common = {
-        "event_time": row.get("event_time") or None,
-        "dedup_id": str(row.get("id") or f"{path.name}:{line}"),
-    }
-    if row.get("type", "trade") == "quote":
+    """The row as a tick draft, its dedup id taken from the input. A JSON line in the SSE
+    shape (``{"symbol", "eventTime", "trade": {...}}``) is read as such; a row without a
+    ``type`` is a quote when it has a ``bid_price``."""
+    dedup_id = str(row.get("id") or f"{path.name}:{line}")
+    if isinstance(row.get("trade") or row.get("quote"), dict):
+        shaped = {key: value for key, value in row.items() if key != "id"}
+        return ts.draft_from({"dedupId": dedup_id, **shaped})
+    common = {"event_time": row.get("event_time") or None, "dedup_id": dedup_id}
+    if (row.get("type") or ("quote" if row.get("bid_price") else "trade")) == "quote":
         prices = [str(row[key]) for key in ("bid_price", "bid_size", "ask_price", "ask_size")]
         return ts.quote(row["symbol"], *prices, **common)
     return ts.trade(
@@ -88,4 +92,7 @@ if __name__ == "__main__":
     parser.add_argument("--token", help="bearer token, when the feed checks tokens")
     parser.add_argument("--producer", default="publish.py", help="name shown in ListSources")
     parser.add_argument("--rate", type=float, default=0, help="ticks per second (0: no pacing)")
-    asyncio.run(main(parser.parse_args()))
+    try:
+        asyncio.run(main(parser.parse_args()))
+    except (ts.TickstreamError, ValueError, KeyError) as error:  # one line, not a traceback
+        raise SystemExit(f"publish.py: {type(error).__name__}: {error}") from None

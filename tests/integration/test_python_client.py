@@ -390,3 +390,37 @@ async def test_publish_py_killed_and_rerun_stores_every_tick_once(
     ticks = ticks_in(events)
     assert [tick_number(t) for t in ticks] == [tick_number(t) for t in history]
     assert len(ticks) == count
+
+
+async def test_publish_py_reads_the_shapes_publish_js_reads(
+    feed: ServiceProcess, tmp_path: Path
+) -> None:
+    """Regression (newcomer run): publish.py failed on a CSV without a ``type`` column and on
+    JSON lines in the SSE shape, which the Node example takes; a refused tick printed a
+    traceback. Now both shapes are read, and a refusal is one line and exit 1."""
+    flat = tmp_path / "flat.csv"
+    flat.write_text(
+        "symbol,price,size,bid_price,bid_size,ask_price,ask_size\n"
+        "SHAPE,10.50,3,,,,\nSHAPE,,,10.40,1,10.60,2\n"
+    )
+    shaped = tmp_path / "shaped.jsonl"
+    shaped.write_text(
+        '{"symbol": "SHAPE", "eventTime": "2024-08-08T23:54:20.816Z", "id": "s1",'
+        ' "trade": {"price": "12.50", "size": "100", "side": "SIDE_BUY"}}\n'
+    )
+    for path in (flat, shaped):
+        code, lines = await run_publish(path, feed.port)
+        assert code == 0, lines
+    _, ticks = await stored(feed.port, "SHAPE")
+    assert [t.get("trade") or t.get("quote") for t in ticks] == [
+        {"price": "10.50", "size": "3"},
+        {"bidPrice": "10.40", "bidSize": "1", "askPrice": "10.60", "askSize": "2"},
+        {"price": "12.50", "size": "100", "side": "SIDE_BUY"},
+    ]
+    assert ticks[2]["eventTime"] == "2024-08-08T23:54:20.816Z"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"symbol": "SHAPE", "type": "trade", "price": "1e5", "size": "1"}\n')
+    code, lines = await run_publish(bad, feed.port)
+    assert code == 1 and lines == [
+        "publish.py: ValueError: trade.price: '1e5' is not a decimal string"
+    ]

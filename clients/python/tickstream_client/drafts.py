@@ -115,7 +115,7 @@ def draft_from(tick: ingest_pb2.TickDraft | Mapping[str, Any]) -> ingest_pb2.Tic
 def check_draft(draft: ingest_pb2.TickDraft) -> None:
     """Raise ValueError naming the first field the feed would reject: the symbol (upper case,
     1-32 of ``A-Z 0-9 . _ -``), a missing body, decimals (``^[0-9]+(\\.[0-9]+)?$``), a bid
-    above its ask, ids over 128 characters."""
+    above its ask, ids over 128 bytes (UTF-8)."""
     if not SYMBOL_PATTERN.fullmatch(draft.symbol):
         raise ValueError(f"symbol: {draft.symbol[:40]!r} does not match {SYMBOL_PATTERN.pattern}")
     body_name = draft.WhichOneof("body")
@@ -129,7 +129,7 @@ def check_draft(draft: ingest_pb2.TickDraft) -> None:
             raise ValueError(f"{body_name}.{name}: {value[:40]!r} is not a decimal string")
     if body_name == "quote" and Decimal(body.bid_price) > Decimal(body.ask_price):
         raise ValueError(f"quote.bid_price: {body.bid_price} is above ask_price {body.ask_price}")
-    if body_name == "trade" and len(body.trade_id) > MAX_ID_LENGTH:
-        raise ValueError(f"trade.trade_id: over {MAX_ID_LENGTH} characters")
-    if len(draft.dedup_id) > MAX_ID_LENGTH:
-        raise ValueError(f"dedup_id: over {MAX_ID_LENGTH} characters")
+    if body_name == "trade" and len(body.trade_id.encode()) > MAX_ID_LENGTH:
+        raise ValueError(f"trade.trade_id: over {MAX_ID_LENGTH} bytes (UTF-8)")
+    if len(draft.dedup_id.encode()) > MAX_ID_LENGTH:
+        raise ValueError(f"dedup_id: over {MAX_ID_LENGTH} bytes (UTF-8)")
