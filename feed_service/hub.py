@@ -16,11 +16,6 @@ TRADE = tick_pb2.TICK_TYPE_TRADE
 QUOTE = tick_pb2.TICK_TYPE_QUOTE
 
 
-def tick_type_of(tick: tick_pb2.Tick) -> int:
-    """The ``TickType`` value of a tick's body (TICK_TYPE_TRADE or TICK_TYPE_QUOTE)."""
-    return tick_pb2.TICK_TYPE_TRADE if tick.HasField("trade") else tick_pb2.TICK_TYPE_QUOTE
-
-
 def new_epoch() -> str:
     """A fresh random epoch id (16 hex digits): never derived from the seed or the data."""
     return uuid.uuid4().hex[:16]

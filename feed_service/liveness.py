@@ -152,10 +152,6 @@ class Liveness:
         clock = self._symbols.get(symbol)
         return clock is not None and clock.stale
 
-    def last_tick_ns(self, symbol: str) -> int:
-        clock = self._symbols.get(symbol)
-        return clock.last_tick_ns if clock is not None else 0
-
     def status(self, symbol: str) -> feed_pb2.SymbolStatus:
         """The symbol's state now, as a ``SymbolStatus``."""
         clock = self._symbols.get(symbol) or _SymbolClock()
