@@ -129,8 +129,11 @@ async def test_dropped_connections_deliver_every_tick_once(
     assert_offsets_increase(ticks)
     assert not [e for e in events if isinstance(e, ts.Reset)]
     assert stream.reconnects >= 2 and publisher.stats.reconnects >= 2
-    assert publisher.stats.accepted == count
-    assert sum(ack.ticks for ack in acks) == count + publisher.stats.duplicates
+    # A batch stored just before a cut whose ack was lost is resent and acknowledged as
+    # duplicates: every tick is acknowledged, as stored or as a duplicate, and stored once.
+    acked = sum(ack.ticks for ack in acks)
+    assert publisher.stats.accepted + publisher.stats.duplicates == acked >= count
+    assert publisher.stats.accepted <= count
     _, history = await stored(feed.port)
     assert trade_ids(history) == list(range(count)), "stored once each"
 
