@@ -34,6 +34,12 @@ async def _open_raw(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio
     return reader, writer
 
 
+def _has_whole_disconnect(raw: bytes) -> bool:
+    """True once the disconnect event has arrived whole: a read can end between its lines."""
+    _, found, rest = raw.partition(b"event: disconnect")
+    return bool(found) and b"\n\n" in rest
+
+
 def _events(raw: bytes) -> list[SseEvent]:
     """Events of a raw chunked HTTP response (blocks split by a chunk-size line are skipped)."""
     body = raw.split(b"\r\n\r\n", 1)[1].decode(errors="replace")
@@ -64,7 +70,7 @@ async def test_stalled_and_slow_clients_do_not_hurt_healthy_ones() -> None:
         async with asyncio.timeout(30):
             while chunk := await slow_reader.read(65536):
                 raw += chunk
-                if b"event: disconnect" in raw:
+                if _has_whole_disconnect(raw):
                     break
         events = _events(raw)
         assert events[-1].event == "disconnect"
