@@ -13,7 +13,7 @@ import uvloop
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 
-from .app import create_app
+from .app import begin_shutdown, create_app
 from .config import EdgeSettings
 from .redaction import RedactSecrets
 
@@ -45,6 +45,17 @@ def bind_socket(settings: EdgeSettings) -> socket.socket:
     return sock
 
 
+class EdgeServer(uvicorn.Server):
+    """uvicorn's server, telling every stream first when a signal starts its shutdown, so each
+    client gets its farewell while uvicorn waits for the connections to end."""
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        loop = asyncio.get_event_loop()
+        app = self.config.app
+        loop.call_soon_threadsafe(begin_shutdown, app)
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+
 async def serve(settings: EdgeSettings) -> None:
     """Run uvicorn (httptools) on the edge app until SIGTERM or SIGINT."""
     sock = bind_socket(settings)
@@ -58,7 +69,7 @@ async def serve(settings: EdgeSettings) -> None:
         timeout_graceful_shutdown=10,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = EdgeServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     # uvicorn offers no startup event to await; poll its flag briefly.
     while not server.started and not task.done():  # noqa: ASYNC110

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -55,6 +55,11 @@ class EdgeMetrics:
             "SSE events handed to clients' connections.",
             registry=self.registry,
         )
+        self.client_writes = Counter(
+            "tickstream_edge_client_writes",
+            "Writes handed to clients' connections (each carries one or more events).",
+            registry=self.registry,
+        )
         self.conflated = Counter(
             "tickstream_edge_conflated_quotes",
             "Queued quotes replaced by a newer quote of the same symbol for a client behind.",
@@ -103,8 +108,7 @@ class EdgeMetrics:
         )
         self.delivery_latency = Histogram(
             "tickstream_edge_delivery_latency_seconds",
-            "Feed ingest to edge send of the oldest tick in a write, sampled (one write in 8 "
-            "per stream).",
+            "Feed ingest to edge send of the oldest tick in a write, sampled (one write in 8).",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -119,12 +123,10 @@ class EdgeMetrics:
             registry=self.registry,
         )
 
-    def watch_queues(self, streams: Collection[_Queued]) -> None:
-        """Read queue depths from ``streams`` (a live collection) at each scrape."""
-        self.queued_events.set_function(lambda: sum(s.queued for s in list(streams)))
-        self.max_stream_queue.set_function(
-            lambda: max((s.queued for s in list(streams)), default=0)
-        )
+    def watch_queues(self, outboxes: Callable[[], Iterable[_Queued]]) -> None:
+        """Read queue depths from ``outboxes()`` (every open stream's) at each scrape."""
+        self.queued_events.set_function(lambda: sum(s.queued for s in outboxes()))
+        self.max_stream_queue.set_function(lambda: max((s.queued for s in outboxes()), default=0))
 
     def watch_upstreams(self, upstreams: Callable[[], Iterable[_Upstream]]) -> None:
         """Export, for every symbol with an upstream, the age of its last tick and whether the

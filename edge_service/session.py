@@ -11,12 +11,7 @@ so the id of the last event it saw is a complete resume cursor, for one symbol o
   Once the private stream has passed the point where the buffer began, the client switches to the
   shared stream, dropping buffered ticks it already has: no gap, no duplicate.
 
-Slow consumer policy (each client's queue is bounded in events and bytes):
-- past half the event limit the client is "behind": a new quote replaces the quote of the same
-  symbol still queued (latest wins; the quote ``sequence`` then jumps); trades are never dropped;
-- past the event or the byte limit it is disconnected with a final ``disconnect`` event (reason
-  ``slow_consumer``) and resumes with Last-Event-ID like any reconnect;
-- once its queue is written out it is no longer behind.
+The queue, its bounds and the slow-consumer policy are the :class:`~edge_service.outbox.Outbox`.
 """
 
 from __future__ import annotations
@@ -24,9 +19,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -35,23 +29,12 @@ from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 from .cursor import EARLIEST, Cursor, format_event_id
 from .encoding import QUOTE, EncodedTick, encode_control, encode_tick, snapshot_frame
 from .metrics import EdgeMetrics
+from .outbox import Outbox
 from .upstream import SymbolUpstream, TickDispatch
 
 log = logging.getLogger(__name__)
 
-WRITE_LIMIT = 64 * 1024  # bytes per write, about
-LATENCY_SAMPLE_EVERY = 8  # chunks per delivery-latency observation, per stream
 KIND_TO_TYPE = {"trade": tick_pb2.TICK_TYPE_TRADE, "quote": tick_pb2.TICK_TYPE_QUOTE}
-
-
-class _QuoteSlot:
-    """A queued quote that a newer quote of the same symbol may still replace."""
-
-    __slots__ = ("frame", "ingest_ns")
-
-    def __init__(self, frame: bytes, ingest_ns: int) -> None:
-        self.frame: bytes | None = frame
-        self.ingest_ns = ingest_ns
 
 
 @dataclass(slots=True)
@@ -80,39 +63,23 @@ class ClientSession:
         symbols: list[str],
         kinds: frozenset[str],
         *,
-        queue_limit: int,
-        queue_bytes_limit: int,
+        outbox: Outbox,
         catchup_limit: int,
         metrics: EdgeMetrics,
-        on_close: Callable[[ClientSession], None],
     ) -> None:
         self.symbols = symbols
         self.kinds = kinds
+        self.outbox = outbox
         self.epoch: str | None = None
         self.cursor = 0  # every tick of ours up to this offset (in self.epoch) was queued
         self._states: dict[str, _SymbolState] = {}
-        # (frames, events, ingest ns of the oldest tick or 0) or a conflatable quote
-        self._queue: deque[tuple[bytes, int, int] | _QuoteSlot] = deque()
-        self._queued = 0  # events in _queue (an entry may hold several)
-        self._queued_bytes = 0
-        self._queue_limit = queue_limit
-        self._queue_bytes_limit = queue_bytes_limit
-        # symbol -> its newest queued quote, while the client is behind (None: not behind)
-        self._conflating: dict[str, _QuoteSlot] | None = None
         self._catchup_limit = catchup_limit
-        self._wakeup = asyncio.Event()
-        self._final: bytes | None = None
-        self._ended = False
         self._closed = False
         self._catching_up = False
         self._catchup_task: asyncio.Task[None] | None = None
         # A feed restart seen by some of our upstreams: (new epoch, reason, message).
         self._epoch_change: tuple[str, str, str] | None = None
         self._metrics = metrics
-        self._on_close = on_close
-        self._wrote_since_heartbeat = False
-        self._chunks = 0
-        self._chunk_ingest_ns = 0  # oldest tick in the last chunk (0: no tick in it)
 
     # ----- start -------------------------------------------------------------------------
 
@@ -164,123 +131,18 @@ class ClientSession:
 
     # ----- output ------------------------------------------------------------------------
 
-    async def next_chunk(self) -> bytes | None:
-        """Everything queued, as one write (one event at light load, many under load);
-        None once the stream is over (after its final event)."""
-        while not self._queue:
-            if self._ended:
-                if self._final is not None:
-                    final, self._final = self._final, None
-                    return final
-                return None
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        queue = self._queue
-        if len(queue) == 1 and isinstance(queue[0], tuple):
-            chunk, count, self._chunk_ingest_ns = queue.popleft()
-        else:
-            # At most about WRITE_LIMIT bytes per write, so one write to a slow reader never
-            # outlasts the send timeout; the rest stays queued (and conflatable).
-            parts: list[bytes] = []
-            size = count = ingest_ns = 0
-            while queue and size < WRITE_LIMIT:
-                entry = queue.popleft()
-                if isinstance(entry, tuple):
-                    parts.append(entry[0])
-                    size += len(entry[0])
-                    count += entry[1]
-                    ingest_ns = ingest_ns or entry[2]
-                elif entry.frame is not None:
-                    parts.append(entry.frame)
-                    size += len(entry.frame)
-                    count += 1
-                    ingest_ns = ingest_ns or entry.ingest_ns
-            chunk = b"".join(parts)
-            self._chunk_ingest_ns = ingest_ns
-        self._queued -= count
-        self._queued_bytes -= len(chunk)
-        self._wrote_since_heartbeat = True
-        if not queue:
-            self._conflating = None  # caught up with everything queued
-        self._metrics.events_sent.inc(count)
-        return chunk
-
-    def sent(self) -> None:
-        """The last chunk was handed to the server: sample its delivery latency (feed ingest
-        to edge send) once every ``LATENCY_SAMPLE_EVERY`` chunks."""
-        self._chunks += 1
-        if self._chunk_ingest_ns and not self._chunks % LATENCY_SAMPLE_EVERY:
-            self._metrics.delivery_latency.observe((time.time_ns() - self._chunk_ingest_ns) / 1e9)
-
-    @property
-    def queued(self) -> int:
-        """Events queued and not yet written."""
-        return self._queued
-
-    def _push(self, frames: bytes, count: int = 1, ingest_ns: int = 0) -> None:
-        """Queue ``count`` events' bytes (``ingest_ns``: of the oldest tick among them, 0 for
-        none). Past half the event limit, quotes start to conflate; past the event or byte limit
-        the client is disconnected as a slow consumer."""
-        if self._ended:
-            return
-        self._queue.append((frames, count, ingest_ns))
-        self._account(count, len(frames))
+    def _push(self, frames: bytes) -> None:
+        self.outbox.push(frames)
 
     def _push_tick(self, tick: EncodedTick) -> None:
-        """Queue one tick; while conflating, a quote replaces its symbol's queued quote (the
-        older one is dropped, the newer appended, so offsets stay in order)."""
-        if self._conflating is None or tick.kind != QUOTE or self._ended:
-            self._push(tick.frame, 1, tick.ingest_ns)
-            return
-        slot = self._conflating.get(tick.symbol)
-        if slot is not None and slot.frame is not None:
-            self._queued -= 1
-            self._queued_bytes -= len(slot.frame)
-            slot.frame = None
-            self._metrics.conflated.inc()
-        slot = self._conflating[tick.symbol] = _QuoteSlot(tick.frame, tick.ingest_ns)
-        self._queue.append(slot)
-        self._account(1, len(tick.frame))
+        if tick.kind == QUOTE:
+            self.outbox.push_quote(tick.symbol, tick.frame, tick.ingest_ns)
+        else:
+            self.outbox.push(tick.frame, 1, tick.ingest_ns)
 
-    def _account(self, count: int, size: int) -> None:
-        self._queued += count
-        self._queued_bytes += size
-        self._wakeup.set()
-        if self._queued > self._queue_limit or self._queued_bytes > self._queue_bytes_limit:
-            self._queue.clear()
-            self._queued = self._queued_bytes = 0
-            self.end(
-                "slow_consumer",
-                f"more than {self._queue_limit} events or {self._queue_bytes_limit} bytes "
-                "queued; reconnect with Last-Event-ID",
-            )
-        elif self._conflating is None and self._queued > self._queue_limit // 2:
-            self._conflating = {}
-
-    def heartbeat(self, frame: bytes) -> None:
-        """Queue the comment ``frame`` unless the stream carried anything since the last call:
-        a stream that is busy needs no keep-alive. Called for every session at once, every
-        ping interval, by the app's one heartbeat task."""
-        if not self._wrote_since_heartbeat and not self._queue:
-            self._push(frame, 0)
-        self._wrote_since_heartbeat = False
-
-    def end(self, reason: str, message: str, retry_ms: int | None = None) -> None:
-        """Finish the stream with a ``disconnect`` event after what is queued; ``retry_ms``
-        adds a ``retry:`` field telling the client when to reconnect."""
-        if self._ended:
-            return
-        if retry_ms is not None:
-            # Shutting down: the backlog would delay the farewell past the grace period; the
-            # client resumes from the last event it did get.
-            self._queue.clear()
-            self._queued = self._queued_bytes = 0
-        self._metrics.disconnects.labels(reason).inc()
-        self._final = encode_control(
-            "disconnect", {"reason": reason, "message": message}, retry_ms=retry_ms
-        )
-        self._ended = True
-        self._wakeup.set()
+    def end(self, reason: str, message: str) -> None:
+        """Finish the stream with a ``disconnect`` event after what is queued."""
+        self.outbox.end(reason, message)
 
     def _emit_reset(self, reason: str, message: str, symbols: Iterable[str]) -> None:
         self._metrics.resets.labels(reason).inc()
@@ -311,7 +173,7 @@ class ClientSession:
                 state.pending.extend(t for t in ticks if t.kind in kinds)
             return
         if len(self._states) == 1:
-            if (ticks and ticks[0].offset <= self.cursor) or self._conflating is not None:
+            if (ticks and ticks[0].offset <= self.cursor) or self.outbox.behind:
                 # just after a resume splice, or behind: tick by tick
                 for tick in ticks:
                     if tick.offset > self.cursor and tick.kind in kinds:
@@ -319,7 +181,7 @@ class ClientSession:
             else:  # the steady state: bytes joined once per dispatch, shared by all clients
                 frames, count = dispatch.frames(kinds)
                 if count:
-                    self._push(frames, count, dispatch.ingest_ns)
+                    self.outbox.push(frames, count, dispatch.ingest_ns)
             self.cursor = max(self.cursor, upstream.watermark)
             return
         state.pending.extend(t for t in ticks if t.offset > state.start and t.kind in kinds)
@@ -478,11 +340,10 @@ class ClientSession:
     # ----- teardown ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free everything: detach from upstreams, cancel the catch-up. Idempotent."""
+        """Stop: no more ticks are queued, the catch-up is cancelled. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._ended = True
+        self.outbox.ended = True
         if self._catchup_task is not None:
             self._catchup_task.cancel()
-        self._on_close(self)

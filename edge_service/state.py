@@ -1,0 +1,47 @@
+"""What the edge's routes share, built once per process in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from .auth import TokenVerifier
+from .config import EdgeSettings
+from .feed_client import FeedClient
+from .metrics import EdgeMetrics
+from .problems import Problem
+from .registry import StreamRegistry
+from .upstream import UpstreamPool
+
+RETRY_AFTER_S = "2"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeState:
+    """The feed connection, the shared upstreams, the open streams (with the limits that admit
+    them), the token verifier (None with ``--auth off``) and the metrics."""
+
+    settings: EdgeSettings
+    feed: FeedClient
+    pool: UpstreamPool
+    registry: StreamRegistry
+    verifier: TokenVerifier | None
+    metrics: EdgeMetrics
+
+    def require_ready(self) -> None:
+        """Raises Problem 503 (with Retry-After) while the feed does not answer."""
+        if not self.feed.ready:
+            raise Problem(
+                503,
+                "feed-unavailable",
+                "Feed unavailable",
+                f"the feed at {self.feed.target} is not answering; retry shortly",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
+
+
+def edge_state(request: Request) -> EdgeState:
+    """The dependency the routes take their :class:`EdgeState` from."""
+    state: EdgeState = request.state.edge
+    return state

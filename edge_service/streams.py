@@ -1,0 +1,225 @@
+"""The SSE routes, ``/sse/{symbol}`` and ``/sse?symbols=A,B``: admission (validation, limits,
+auth, the feed's symbols), then a :class:`ClientSession` on the shared upstreams, written out by
+an :class:`SseResponse`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+
+from .auth import Grant, authorize, cookie_header, token_of
+from .cursor import Cursor, MalformedCursor, parse_cursor
+from .encoding import encode_preamble
+from .params import parse_symbols, parse_types
+from .problems import PROBLEM_MEDIA_TYPE, Problem
+from .response import SseResponse
+from .session import ClientSession
+from .state import RETRY_AFTER_S, EdgeState, edge_state
+from .upstream import SymbolUpstream, UpstreamUnavailable
+
+SSE_DESCRIPTION = (
+    "Server-Sent Events (WHATWG HTML, 'Server-sent events'). Each tick is `event: trade` or "
+    "`event: quote` with `id: <epoch>-<offset>` and `data:` one line of JSON (the proto3 JSON "
+    "mapping of tickstream.v1.Tick). Also `event: reset` (resume point not honoured; data gives "
+    "reason and epoch), `event: status` (a symbol turned stale or live again; no id) and "
+    "`event: disconnect` (the edge ends the stream; data gives the reason). "
+    "Comment heartbeats every 15 s at most; a `retry:` hint first. The `data` of each event "
+    "type has a JSON Schema at `/schemas/{trade,quote,reset,status,disconnect}.json`."
+)
+STREAM_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {PROBLEM_MEDIA_TYPE: {}}}
+    for status, text in (
+        (400, "Malformed symbols or types, or too many symbols."),
+        (401, "With --auth jwt: no bearer token, or one that is invalid or expired."),
+        (403, "With --auth jwt: the token's symbols claim does not allow a symbol."),
+        (404, "Unknown symbol."),
+        (422, "Invalid query parameter."),
+        (503, "The feed is unavailable; see Retry-After."),
+    )
+}
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": SSE_DESCRIPTION,
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **STREAM_PROBLEMS,
+}
+
+router = APIRouter()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """The query parameters both SSE routes share."""
+
+    types: list[str] | None
+    snapshot: bool
+    last_event_id: str | None
+
+
+def stream_options(
+    types: Annotated[
+        list[str] | None,
+        Query(description="Comma-separated tick types: trade, quote (default both)."),
+    ] = None,
+    snapshot: Annotated[
+        bool, Query(description="Start with the latest trade and quote of each symbol.")
+    ] = False,
+    last_event_id: Annotated[
+        str | None,
+        Query(
+            description="Resume cursor for the first connect: `<epoch>-<offset>` or `earliest` "
+            "(the whole retained history). The Last-Event-ID header takes precedence.",
+        ),
+    ] = None,
+    last_event_id_header: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="Sent by EventSource on reconnect."),
+    ] = None,
+) -> StreamOptions:
+    return StreamOptions(types, snapshot, last_event_id_header or last_event_id)
+
+
+Options = Annotated[StreamOptions, Depends(stream_options)]
+Edge = Annotated[EdgeState, Depends(edge_state)]
+
+
+@router.get(
+    "/sse/{symbol}",
+    summary="SSE stream of one symbol",
+    responses=SSE_RESPONSES,
+    response_class=Response,
+)
+async def sse_one(request: Request, symbol: str, options: Options, edge: Edge) -> Response:
+    return await open_stream(request, edge, [symbol], options)
+
+
+@router.get(
+    "/sse",
+    summary="One SSE stream multiplexing several symbols",
+    responses=SSE_RESPONSES,
+    response_class=Response,
+)
+async def sse_many(
+    request: Request,
+    symbols: Annotated[
+        list[str], Query(description="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
+    ],
+    options: Options,
+    edge: Edge,
+) -> Response:
+    return await open_stream(request, edge, symbols, options)
+
+
+async def open_stream(
+    request: Request, edge: EdgeState, raw_symbols: list[str], options: StreamOptions
+) -> SseResponse:
+    """Admit the stream, or raise the Problem that says why not (400, 401/403, 404, 429, 503)."""
+    settings = edge.settings
+    symbols = parse_symbols(raw_symbols, settings.max_symbols)
+    kinds = parse_types(options.types)
+    address = request.client.host if request.client else "unknown"
+    edge.registry.limits.check_rate(address)
+    grant = authorize(edge.verifier, request, symbols) if edge.verifier is not None else None
+    edge.require_ready()
+    await _require_known(edge, symbols)
+    start: Cursor | str | None = None
+    reset = None
+    if options.last_event_id:
+        try:
+            start = parse_cursor(options.last_event_id)
+        except MalformedCursor as error:
+            reset = ("malformed_cursor", str(error))
+    uncount = edge.registry.limits.admit(address, grant.holder if grant is not None else None)
+    try:
+        upstreams = await edge.pool.acquire(symbols, settings.upstream_ready_timeout)
+    except UpstreamUnavailable as error:
+        uncount()
+        raise Problem(
+            503,
+            "feed-unavailable",
+            "Feed unavailable",
+            str(error),
+            headers={"Retry-After": RETRY_AFTER_S},
+        ) from None
+    except BaseException:  # e.g. the client left while the upstream was opening
+        uncount()
+        raise
+    session = ClientSession(
+        symbols,
+        kinds,
+        outbox=edge.registry.outbox(),
+        catchup_limit=settings.catchup_buffer_events,
+        metrics=edge.metrics,
+    )
+    return _respond(
+        request, edge, session, upstreams, (start, reset, options.snapshot), grant, uncount
+    )
+
+
+async def _require_known(edge: EdgeState, symbols: list[str]) -> None:
+    """Raises Problem 404 naming the symbols the feed does not serve (at most 10)."""
+    unknown = [s for s in symbols if s not in edge.feed.symbols]
+    if unknown:  # a producer may have published it since the last refresh
+        await edge.feed.lookup(unknown[:10])
+        unknown = [s for s in symbols if s not in edge.feed.symbols]
+    if unknown:
+        raise Problem(
+            404,
+            "unknown-symbol",
+            "Unknown symbol",
+            f"the feed does not serve {', '.join(unknown[:10])}",
+            symbols=unknown[:10],
+        )
+
+
+def _respond(
+    request: Request,
+    edge: EdgeState,
+    session: ClientSession,
+    upstreams: list[SymbolUpstream],
+    begin: tuple[Cursor | str | None, tuple[str, str] | None, bool],
+    grant: Grant | None,
+    uncount: Callable[[], None],
+) -> SseResponse:
+    """Attach ``session`` to its upstreams (no await since they were acquired), register it and
+    build its response; ``begin`` is (resume point or None, reset to send first, snapshot)."""
+    start, reset, snapshot = begin
+    expiry: asyncio.TimerHandle | None = None
+
+    def release() -> None:
+        uncount()
+        if expiry is not None:
+            expiry.cancel()
+        edge.pool.detach(session, session.symbols)
+
+    edge.pool.attach(session, upstreams)
+    stream = edge.registry.add(session, release)
+    if start is None:
+        session.begin_live(upstreams, snapshot, reset)
+    else:
+        session.begin_resume(upstreams, start, snapshot, edge.feed.stub)
+    headers = {"Cache-Control": "no-cache"}
+    if grant is not None:
+        expiry = _end_at_expiry(session, grant)
+        token, from_query = token_of(request)
+        if from_query and token:  # later reconnects carry the HttpOnly cookie instead
+            headers["Set-Cookie"] = cookie_header(token, request, grant.expires)
+    preamble = encode_preamble(edge.settings.retry_ms)
+    return SseResponse(stream, edge.registry, preamble, headers)
+
+
+def _end_at_expiry(session: ClientSession, grant: Grant) -> asyncio.TimerHandle:
+    """End ``session`` with a ``disconnect`` event (``token_expired``) when its token expires."""
+    loop = asyncio.get_running_loop()
+    return loop.call_at(
+        loop.time() + max(0.0, grant.expires - time.time()),
+        session.end,
+        "token_expired",
+        "the token has expired; reconnect with a fresh one",
+    )
