@@ -17,6 +17,7 @@ from .auth import TokenVerifier
 from .config import EdgeSettings
 from .feed_client import FeedClient, channel_credentials
 from .limits import RequestSizeLimit, StreamLimits
+from .merge import MergePool
 from .metrics import EdgeMetrics
 from .problems import Problem, handle_http_exception, handle_problem, handle_validation_error
 from .registry import StreamRegistry
@@ -114,7 +115,7 @@ def _build_state(settings: EdgeSettings, verifier: TokenVerifier | None) -> Edge
         send_timeout=settings.send_timeout,
         retry_ms=settings.retry_ms,
     )
-    return EdgeState(settings, feed, pool, registry, verifier, metrics)
+    return EdgeState(settings, feed, pool, MergePool(pool), registry, verifier, metrics)
 
 
 def _verifier(settings: EdgeSettings) -> TokenVerifier | None:

@@ -1,15 +1,15 @@
-"""One SSE client: its bounded queue, the merge of several symbols, and the resume splice.
+"""One SSE client's place in the stream: live on a shared source, after a resume splice.
 
 Ordering guarantee: a client receives its ticks in strictly increasing offset order, each once,
 so the id of the last event it saw is a complete resume cursor, for one symbol or many.
 
-- One symbol: the shared upstream's ticks go straight to the queue.
-- Several symbols: ticks wait per symbol until every symbol's upstream has passed their offset
-  (its watermark), then are released in offset order.
+- Live: the client follows one source, the shared upstream of its symbol or the shared
+  :class:`~edge_service.merge.SymbolMerge` of its symbols; in the steady state each dispatch's
+  bytes, joined once for every client of the same types, go to the outbox as they are.
 - Resume (a cursor or ``earliest``): the client first reads the feed's history through a private
-  ``Subscribe(after=cursor)`` while the shared upstreams' live ticks are held in a bounded buffer.
-  Once the private stream has passed the point where the buffer began, the client switches to the
-  shared stream, dropping buffered ticks it already has: no gap, no duplicate.
+  ``Subscribe(after=cursor)`` while the source's live ticks are held in a bounded buffer. Once the
+  private stream has passed the point where the buffer began, the client switches to the shared
+  stream, dropping buffered ticks it already has: no gap, no duplicate.
 
 The queue, its bounds and the slow-consumer policy are the :class:`~edge_service.outbox.Outbox`.
 """
@@ -17,11 +17,9 @@ The queue, its bounds and the slow-consumer policy are the :class:`~edge_service
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
@@ -30,32 +28,17 @@ from .cursor import EARLIEST, Cursor, format_event_id
 from .encoding import QUOTE, EncodedTick, encode_control, encode_tick, snapshot_frame
 from .metrics import EdgeMetrics
 from .outbox import Outbox
-from .upstream import SymbolUpstream, TickDispatch
+from .reader import Opened, Progress, Reset, SubscribeReader, Ticks
+from .upstream import TickDispatch, TickSource
 
 log = logging.getLogger(__name__)
 
 KIND_TO_TYPE = {"trade": tick_pb2.TICK_TYPE_TRADE, "quote": tick_pb2.TICK_TYPE_QUOTE}
 
 
-@dataclass(slots=True)
-class _SymbolState:
-    epoch: str | None
-    watermark: int
-    pending: deque[EncodedTick] = field(default_factory=deque)
-    # While catching up: live ticks held from the shared stream, and where holding began.
-    buffer: deque[EncodedTick] = field(default_factory=deque)
-    buffer_start: int = 0
-    # Where the upstream's stream restarted after its last reset.
-    reset_head: int = 0
-    # Ticks of this symbol at or below this offset are not ours (already past when we joined).
-    start: int = 0
-
-
 class ClientSession:
-    """The state of one SSE stream; upstreams call its ``on_*`` methods, the response task
-    awaits :meth:`next_chunk`.
-
-    ``symbols`` are validated, ``kinds`` is a subset of {"trade", "quote"}.
+    """The state of one SSE stream; its source calls the ``on_*`` methods, the outbox holds
+    what is to be written. ``symbols`` are validated, ``kinds`` a subset of {"trade", "quote"}.
     """
 
     def __init__(
@@ -70,69 +53,53 @@ class ClientSession:
         self.symbols = symbols
         self.kinds = kinds
         self.outbox = outbox
+        self.source: TickSource | None = None
         self.epoch: str | None = None
         self.cursor = 0  # every tick of ours up to this offset (in self.epoch) was queued
-        self._states: dict[str, _SymbolState] = {}
+        # While catching up: live ticks held from the source, and its watermark when holding began.
+        self._buffer: deque[EncodedTick] | None = None
+        self._buffer_start = 0
         self._catchup_limit = catchup_limit
-        self._closed = False
-        self._catching_up = False
         self._catchup_task: asyncio.Task[None] | None = None
-        # A feed restart seen by some of our upstreams: (new epoch, reason, message).
-        self._epoch_change: tuple[str, str, str] | None = None
+        self._closed = False
         self._metrics = metrics
 
     # ----- start -------------------------------------------------------------------------
 
     def begin_live(
-        self,
-        upstreams: list[SymbolUpstream],
-        snapshot: bool,
-        reset: tuple[str, str] | None = None,
+        self, source: TickSource, snapshot: bool, reset: tuple[str, str] | None = None
     ) -> None:
-        """Start at the live edge of ``upstreams`` (already attached, same instant); ``reset``
+        """Start at the live edge of ``source`` (already listened to, same instant); ``reset``
         (reason, message) first sends a reset event, e.g. for an unusable Last-Event-ID."""
-        self._init_states(upstreams)
-        self.epoch = upstreams[0].epoch  # the pool hands out upstreams of one epoch
-        # Each symbol starts after its own upstream's watermark; the stream is complete through
-        # the lowest of them, which makes that a safe cursor (resuming there repeats nothing).
-        for upstream in upstreams:
-            self._states[upstream.symbol].start = upstream.watermark
-        self.cursor = min(u.watermark for u in upstreams)
+        self._follow(source)
+        self.epoch, self.cursor = source.epoch, source.watermark
         if reset is not None:
             self._emit_reset(*reset, self.symbols)
         if snapshot:  # sent without ids: they are values, not positions in the stream
-            latest = [t for u in upstreams for t in u.snapshot(self.kinds)]
-            for tick in sorted(latest, key=lambda t: t.offset):
-                self._push(snapshot_frame(tick))
+            for tick in source.snapshot(self.kinds):
+                self.outbox.push(snapshot_frame(tick))
 
     def begin_resume(
         self,
-        upstreams: list[SymbolUpstream],
+        source: TickSource,
         start: Cursor | str,
         snapshot: bool,
         stub: feed_pb2_grpc.FeedServiceStub,
     ) -> None:
         """Resume after ``start`` (a Cursor or ``earliest``) through a private catch-up stream."""
-        self._init_states(upstreams)
-        for upstream in upstreams:
-            state = self._states[upstream.symbol]
-            state.buffer_start = upstream.watermark
-        self._catching_up = True
+        self._follow(source)
+        self._buffer, self._buffer_start = deque(), source.watermark
         self._metrics.catchups.inc()
         self._catchup_task = asyncio.create_task(
             self._catch_up(stub, start, snapshot), name="catch-up"
         )
 
-    def _init_states(self, upstreams: list[SymbolUpstream]) -> None:
-        self._states = {u.symbol: _SymbolState(u.epoch, u.watermark) for u in upstreams}
-        for upstream in upstreams:  # a client joining a stale symbol learns it first
-            if upstream.stale_frame is not None:
-                self._push(upstream.stale_frame)
+    def _follow(self, source: TickSource) -> None:
+        self.source = source
+        for frame in source.stale_frames():  # a client joining a stale symbol learns it first
+            self.outbox.push(frame)
 
     # ----- output ------------------------------------------------------------------------
-
-    def _push(self, frames: bytes) -> None:
-        self.outbox.push(frames)
 
     def _push_tick(self, tick: EncodedTick) -> None:
         if tick.kind == QUOTE:
@@ -153,117 +120,56 @@ class ClientSession:
             "symbols": sorted(symbols),
         }
         event_id = format_event_id(self.epoch, self.cursor) if self.epoch else None
-        self._push(encode_control("reset", payload, event_id))
+        self.outbox.push(encode_control("reset", payload, event_id))
 
-    # ----- upstream callbacks --------------------------------------------------------------
+    # ----- from the source -------------------------------------------------------------------
 
-    def on_ticks(self, upstream: SymbolUpstream, dispatch: TickDispatch) -> None:
-        ticks = dispatch.ticks
-        state = self._states[upstream.symbol]
-        state.epoch, state.watermark = upstream.epoch, upstream.watermark
+    def on_ticks(self, source: TickSource, dispatch: TickDispatch) -> None:
         kinds = self.kinds
-        if self._catching_up:
-            state.buffer.extend(t for t in ticks if t.kind in kinds)
-            if len(state.buffer) > self._catchup_limit:
-                state.buffer.clear()
-                state.buffer_start = upstream.watermark
+        if self._buffer is not None:
+            self._buffer.extend(t for t in dispatch.ticks if t.kind in kinds)
+            if len(self._buffer) > self._catchup_limit:
+                self._buffer.clear()
+                self._buffer_start = source.watermark
             return
-        if upstream.epoch != self.epoch:
-            if self._epoch_change is not None and upstream.epoch == self._epoch_change[0]:
-                state.pending.extend(t for t in ticks if t.kind in kinds)
+        if source.epoch != self.epoch:
             return
-        if len(self._states) == 1:
-            if (ticks and ticks[0].offset <= self.cursor) or self.outbox.behind:
-                # just after a resume splice, or behind: tick by tick
-                for tick in ticks:
-                    if tick.offset > self.cursor and tick.kind in kinds:
-                        self._push_tick(tick)
-            else:  # the steady state: bytes joined once per dispatch, shared by all clients
-                frames, count = dispatch.frames(kinds)
-                if count:
-                    self.outbox.push(frames, count, dispatch.ingest_ns)
-            self.cursor = max(self.cursor, upstream.watermark)
-            return
-        state.pending.extend(t for t in ticks if t.offset > state.start and t.kind in kinds)
-        self._release()
+        ticks = dispatch.ticks
+        if (ticks and ticks[0].offset <= self.cursor) or self.outbox.behind:
+            # just after a resume splice, or behind: tick by tick
+            cursor = self.cursor
+            for tick in ticks:
+                if tick.offset > cursor and tick.kind in kinds:
+                    self._push_tick(tick)
+        else:  # the steady state: bytes joined once per dispatch, shared by all clients
+            frames, count = dispatch.frames(kinds)
+            if count:
+                self.outbox.push(frames, count, dispatch.ingest_ns)
+        self.cursor = max(self.cursor, source.watermark)
 
-    def on_reset(self, upstream: SymbolUpstream, reason: str, message: str) -> None:
-        state = self._states[upstream.symbol]
-        state.epoch, state.watermark = upstream.epoch, upstream.watermark
-        state.pending.clear()
-        if self._catching_up:
-            state.buffer.clear()
-            state.buffer_start = upstream.watermark
+    def on_reset(self, source: TickSource, reason: str, message: str, symbols: list[str]) -> None:
+        if self._buffer is not None:
+            self._buffer.clear()
+            self._buffer_start = source.watermark
             return
-        state.reset_head = upstream.watermark
-        if upstream.epoch != self.epoch:
-            # The feed restarted. Ticks held from the old epoch cannot be ordered against the
-            # new one: drop them; the reset tells the client its state is stale.
-            if self._epoch_change is None:
-                for other in self._states.values():
-                    other.pending.clear()
-            assert upstream.epoch is not None
-            self._epoch_change = (upstream.epoch, reason, message)
-            self._finish_epoch_change()
+        if source.epoch != self.epoch:
+            # The feed restarted: the client's state is stale; go on from the new head.
+            self.epoch, self.cursor = source.epoch, source.watermark
+            self._emit_reset(reason, message, self.symbols)
         elif reason != "epoch_changed":
-            self._emit_reset(reason, message, [upstream.symbol])
-        self._release()
+            self._emit_reset(reason, message, symbols)
 
-    def _finish_epoch_change(self) -> None:
-        """Once every symbol's upstream is in the new epoch, resume after the highest point
-        any of them restarted at, so the reset's id is a complete cursor for all symbols."""
-        assert self._epoch_change is not None
-        epoch, reason, message = self._epoch_change
-        states = self._states.values()
-        if any(s.epoch != epoch for s in states):
-            return
-        self._epoch_change = None
-        self.epoch = epoch
-        self.cursor = max(s.reset_head for s in states)
-        for state in states:
-            state.pending = deque(t for t in state.pending if t.offset > self.cursor)
-            state.start = self.cursor
-        self._emit_reset(reason, message, self._states)
-
-    def on_status(self, upstream: SymbolUpstream, frame: bytes) -> None:
-        """The symbol turned stale or live: ``frame`` is its ``status`` event (no ``id``: a
+    def on_status(self, source: TickSource, frame: bytes) -> None:
+        """A symbol turned stale or live: ``frame`` is its ``status`` event (no ``id``: a
         state, not a position), queued at once, ahead of any tick that follows."""
-        self._push(frame)
+        self.outbox.push(frame)
 
-    def on_closed(self, upstream: SymbolUpstream, reason: str) -> None:
-        self.end("symbol_unavailable", f"{upstream.symbol}: {reason}")
-
-    def _release(self) -> None:
-        """Queue, in offset order, every pending tick that no symbol can still precede."""
-        if len(self._states) == 1:
-            state = next(iter(self._states.values()))
-            while state.pending:
-                self._push_tick(state.pending.popleft())
-            return
-        if any(s.epoch != self.epoch for s in self._states.values()):
-            return
-        limit = min(s.watermark for s in self._states.values())
-        runs = []
-        for state in self._states.values():
-            run = []
-            pending = state.pending
-            while pending and pending[0].offset <= limit:
-                run.append(pending.popleft())
-            if run:
-                runs.append(run)
-        if len(runs) == 1:
-            for tick in runs[0]:
-                self._push_tick(tick)
-        elif runs:
-            for tick in heapq.merge(*runs, key=lambda t: t.offset):
-                self._push_tick(tick)
-        self.cursor = max(self.cursor, limit)
+    def on_closed(self, source: TickSource, reason: str) -> None:
+        self.end("symbol_unavailable", reason)
 
     # ----- catch-up ----------------------------------------------------------------------
 
-    async def _catch_up(
-        self, stub: feed_pb2_grpc.FeedServiceStub, start: Cursor | str, snapshot: bool
-    ) -> None:
+    def _catchup_request(self, start: Cursor | str, snapshot: bool) -> feed_pb2.SubscribeRequest:
         request = feed_pb2.SubscribeRequest(
             symbols=self.symbols,
             types=[KIND_TO_TYPE[k] for k in sorted(self.kinds)],
@@ -276,40 +182,32 @@ class ClientSession:
             assert isinstance(start, Cursor)
             request.after.epoch, request.after.offset = start.epoch, start.offset
             self.epoch, self.cursor = start.epoch, start.offset
-        call = stub.Subscribe(request)
+        return request
+
+    async def _catch_up(
+        self, stub: feed_pb2_grpc.FeedServiceStub, start: Cursor | str, snapshot: bool
+    ) -> None:
+        call = stub.Subscribe(self._catchup_request(start, snapshot))
+        reader = SubscribeReader()
         after_reset = False
-        first = True
         try:
             async for response in call:
-                kind = response.WhichOneof("event")
-                if kind == "heartbeat":
-                    # The first Heartbeat names the epoch; later ones are watermarks.
-                    beat = response.heartbeat
-                    if first:
-                        first = False
-                        if self.epoch is None:
-                            self.epoch = beat.epoch
-                        continue
-                    if beat.epoch == self.epoch and not after_reset:
-                        self.cursor = max(self.cursor, beat.head_offset)
-                elif kind == "reset":
-                    reset = response.reset
-                    self.epoch, self.cursor = reset.epoch, reset.head_offset
-                    name = feed_pb2.ResetReason.Name(reset.reason)
-                    self._emit_reset(
-                        name.removeprefix("RESET_REASON_").lower(), reset.message, self.symbols
-                    )
+                event = reader.read(response)
+                if isinstance(event, Opened):
+                    self.epoch = self.epoch or event.epoch
+                    continue
+                if isinstance(event, Progress):
+                    if event.epoch == self.epoch and not after_reset:
+                        self.cursor = max(self.cursor, event.head)
+                elif isinstance(event, Reset):
+                    self.epoch, self.cursor = event.epoch, event.head
+                    self._emit_reset(event.reason, event.message, self.symbols)
                     after_reset = True
                     continue
-                elif kind == "status":
-                    continue  # symbol states reach the client through the shared upstreams
-                elif kind == "ticks":
-                    assert self.epoch is not None
-                    for tick in response.ticks.ticks:
-                        if tick.offset > self.cursor or after_reset:
-                            # history, not live: kept out of the delivery-latency samples
-                            self._push(encode_tick(tick, self.epoch).frame)
-                    self.cursor = max(self.cursor, response.ticks.head_offset)
+                elif isinstance(event, Ticks):
+                    self._take_history(event.batch, after_reset)
+                else:
+                    continue  # symbol states reach the client through the shared source
                 after_reset = False
                 if self._try_switch():
                     return
@@ -319,22 +217,25 @@ class ClientSession:
         finally:
             call.cancel()
 
+    def _take_history(self, batch: feed_pb2.TickBatch, after_reset: bool) -> None:
+        assert self.epoch is not None
+        for tick in batch.ticks:
+            if tick.offset > self.cursor or after_reset:
+                # history, not live: kept out of the delivery-latency samples
+                self.outbox.push(encode_tick(tick, self.epoch).frame)
+        self.cursor = max(self.cursor, batch.head_offset)
+
     def _try_switch(self) -> bool:
-        """Join the shared streams once the private stream has reached their buffers."""
-        states = self._states.values()
-        if any(s.epoch != self.epoch or s.buffer_start > self.cursor for s in states):
+        """Join the shared source once the private stream has reached its buffer."""
+        source = self.source
+        assert source is not None and self._buffer is not None
+        if source.epoch != self.epoch or self._buffer_start > self.cursor:
             return False
-        for state in states:
-            state.pending = deque(t for t in state.buffer if t.offset > self.cursor)
-            state.buffer = deque()
-            state.start = self.cursor
-        self._catching_up = False
-        if len(self._states) == 1:
-            state = next(iter(states))
-            self._release()
-            self.cursor = max(self.cursor, state.watermark)
-        else:
-            self._release()
+        buffered, self._buffer = self._buffer, None
+        for tick in buffered:
+            if tick.offset > self.cursor:
+                self._push_tick(tick)
+        self.cursor = max(self.cursor, source.watermark)
         return True
 
     # ----- teardown ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ from fastapi import Request
 from .auth import TokenVerifier
 from .config import EdgeSettings
 from .feed_client import FeedClient
+from .merge import MergePool
 from .metrics import EdgeMetrics
 from .problems import Problem
 from .registry import StreamRegistry
@@ -19,12 +20,13 @@ RETRY_AFTER_S = "2"
 
 @dataclass(frozen=True, slots=True)
 class EdgeState:
-    """The feed connection, the shared upstreams, the open streams (with the limits that admit
-    them), the token verifier (None with ``--auth off``) and the metrics."""
+    """The feed connection, the shared upstreams and merges, the open streams (with the limits
+    that admit them), the token verifier (None with ``--auth off``) and the metrics."""
 
     settings: EdgeSettings
     feed: FeedClient
     pool: UpstreamPool
+    merges: MergePool
     registry: StreamRegistry
     verifier: TokenVerifier | None
     metrics: EdgeMetrics

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from .auth import Grant, authorize, cookie_header, token_of
 from .cursor import Cursor, MalformedCursor, parse_cursor
 from .encoding import encode_preamble
+from .merge import SymbolMerge
 from .params import parse_symbols, parse_types
 from .problems import PROBLEM_MEDIA_TYPE, Problem
 from .response import SseResponse
@@ -191,19 +192,22 @@ def _respond(
     build its response; ``begin`` is (resume point or None, reset to send first, snapshot)."""
     start, reset, snapshot = begin
     expiry: asyncio.TimerHandle | None = None
+    source = _listen(edge, session, upstreams)
 
     def release() -> None:
         uncount()
         if expiry is not None:
             expiry.cancel()
-        edge.pool.detach(session, session.symbols)
+        if isinstance(source, SymbolMerge):
+            edge.merges.detach(session, source)
+        else:
+            edge.pool.detach(session, session.symbols)
 
-    edge.pool.attach(session, upstreams)
     stream = edge.registry.add(session, release)
     if start is None:
-        session.begin_live(upstreams, snapshot, reset)
+        session.begin_live(source, snapshot, reset)
     else:
-        session.begin_resume(upstreams, start, snapshot, edge.feed.stub)
+        session.begin_resume(source, start, snapshot, edge.feed.stub)
     headers = {"Cache-Control": "no-cache"}
     if grant is not None:
         expiry = _end_at_expiry(session, grant)
@@ -212,6 +216,16 @@ def _respond(
             headers["Set-Cookie"] = cookie_header(token, request, grant.expires)
     preamble = encode_preamble(edge.settings.retry_ms)
     return SseResponse(stream, edge.registry, preamble, headers)
+
+
+def _listen(
+    edge: EdgeState, session: ClientSession, upstreams: list[SymbolUpstream]
+) -> SymbolUpstream | SymbolMerge:
+    """What ``session`` follows: its one symbol's upstream, or the shared merge of several."""
+    if len(upstreams) == 1:
+        edge.pool.attach(session, upstreams)
+        return upstreams[0]
+    return edge.merges.attach(session, upstreams)
 
 
 def _end_at_expiry(session: ClientSession, grant: Grant) -> asyncio.TimerHandle:

@@ -8,13 +8,14 @@ import random
 import threading
 from collections import deque
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc
 
 from .encoding import EncodedTick, encode_status, encode_tick
 from .metrics import EdgeMetrics
+from .reader import Opened, Progress, Reset, SubscribeReader, Ticks
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +66,35 @@ class TickDispatch:
         return joined
 
 
-class UpstreamListener(Protocol):
-    """What an upstream calls; every call is synchronous and must not block."""
+class TickSource(Protocol):
+    """What a client follows: one symbol's upstream, or the merge of several."""
 
-    def on_ticks(self, upstream: SymbolUpstream, dispatch: TickDispatch) -> None:
+    epoch: str | None
+    watermark: int
+    symbols: list[str]
+
+    def snapshot(self, kinds: Iterable[str]) -> list[EncodedTick]:
+        """The latest tick of each kind in ``kinds``, in offset order."""
+
+    def stale_frames(self) -> list[bytes]:
+        """The ``status`` events of the symbols that are stale now."""
+
+
+class TickListener(Protocol):
+    """What a source calls; every call is synchronous and must not block."""
+
+    def on_ticks(self, source: Any, dispatch: TickDispatch) -> None:
         """Live ticks after the previous watermark (possibly none: progress only)."""
 
-    def on_reset(self, upstream: SymbolUpstream, reason: str, message: str) -> None:
-        """The stream could not continue where it was: ``upstream.epoch``/``watermark`` are new."""
+    def on_reset(self, source: Any, reason: str, message: str, symbols: list[str]) -> None:
+        """The stream of ``symbols`` could not continue where it was: ``source.epoch`` and
+        ``watermark`` are new."""
 
-    def on_status(self, upstream: SymbolUpstream, frame: bytes) -> None:
-        """The symbol turned stale or live again; ``frame`` is the SSE ``status`` event."""
+    def on_status(self, source: Any, frame: bytes) -> None:
+        """A symbol turned stale or live again; ``frame`` is the SSE ``status`` event."""
 
-    def on_closed(self, upstream: SymbolUpstream, reason: str) -> None:
-        """The symbol's stream ended for good (e.g. the feed no longer serves the symbol)."""
+    def on_closed(self, source: Any, reason: str) -> None:
+        """The stream ended for good (e.g. the feed no longer serves a symbol)."""
 
 
 def backoff_delay(attempt: int) -> float:
@@ -117,7 +133,7 @@ class SymbolUpstream:
         self.epoch: str | None = None
         self.watermark = 0
         self.latest: dict[str, EncodedTick] = {}
-        self.listeners: set[UpstreamListener] = set()
+        self.listeners: set[TickListener] = set()
         # The symbol's ``status`` event while it is stale (None while live).
         self.stale_frame: bytes | None = None
         self.last_tick_ns = 0  # when the feed accepted the newest tick seen (ns since epoch)
@@ -136,7 +152,7 @@ class SymbolUpstream:
         self._inbox: deque[object] = deque()
         self._room = threading.Semaphore(INBOX_LIMIT)
         self._drain_scheduled = False
-        self._first = False
+        self._reader = SubscribeReader()
         self._last_message = 0.0
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -160,9 +176,18 @@ class SymbolUpstream:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 5.0)
 
+    @property
+    def symbols(self) -> list[str]:
+        return [self.symbol]
+
     def snapshot(self, kinds: Iterable[str]) -> list[EncodedTick]:
-        """The latest encoded tick of each kind in ``kinds`` that has one."""
-        return [tick for kind in kinds if (tick := self.latest.get(kind)) is not None]
+        """The latest encoded tick of each kind in ``kinds`` that has one, in offset order."""
+        latest = [tick for kind in kinds if (tick := self.latest.get(kind)) is not None]
+        return sorted(latest, key=lambda t: t.offset)
+
+    def stale_frames(self) -> list[bytes]:
+        """The symbol's ``status`` event while it is stale; empty while live."""
+        return [] if self.stale_frame is None else [self.stale_frame]
 
     # ----- reader thread -------------------------------------------------------------------
 
@@ -244,7 +269,7 @@ class SymbolUpstream:
             item = inbox.popleft()
             self._room.release()
             if item is _CONNECTED:
-                self._first = True
+                self._reader = SubscribeReader()
             elif item is None:
                 self.connected = False
                 self._metrics.upstream_reconnects.inc()
@@ -255,51 +280,45 @@ class SymbolUpstream:
                 return
             else:
                 assert isinstance(item, feed_pb2.SubscribeResponse)
-                kind = item.WhichOneof("event")
-                first, self._first = self._first, False
-                if kind == "ticks":
-                    if self.stale_frame is not None and item.ticks.ticks:
-                        # Ticks mean live: the change happened while we were reconnecting.
-                        self._on_status(feed_pb2.SymbolStatus(state=feed_pb2.SYMBOL_STATE_LIVE))
-                    self._take_batch(item.ticks, live)
+                event = self._reader.read(item)
+                if isinstance(event, Ticks):
+                    self._take_batch(event.batch, live)
                     progressed = True
-                elif kind == "heartbeat":
-                    progressed = self._on_heartbeat(item.heartbeat, first) or progressed
-                elif kind == "reset":
+                elif isinstance(event, (Opened, Progress)):
+                    progressed = self._on_heartbeat(event) or progressed
+                elif event is not None:  # a reset or a status: ticks before it go first
                     self._flush(live, progressed)
                     live, progressed = [], False
-                    self._on_reset(item.reset)
-                elif kind == "status":
-                    self._flush(live, progressed)  # ticks before the change go first
-                    live, progressed = [], False
-                    self._on_status(item.status)
+                    if isinstance(event, Reset):
+                        self._on_reset(event)
+                    else:
+                        self._on_status(event.status)
         self._flush(live, progressed)
         if inbox and not self._drain_scheduled:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain)
 
-    def _on_heartbeat(self, beat: feed_pb2.Heartbeat, first: bool) -> bool:
-        if first:
+    def _on_heartbeat(self, beat: Opened | Progress) -> bool:
+        if isinstance(beat, Opened):
             self.connected = True
             if self.epoch is None:
                 # Ready once the snapshot batch that follows has filled ``latest``.
-                self.epoch, self.watermark = beat.epoch, beat.head_offset
+                self.epoch, self.watermark = beat.epoch, beat.head
                 self._position = (self.epoch, self.watermark)
                 log.info("upstream %s: subscribed at %s-%d", self.symbol, *self._position)
             return False
-        if beat.epoch == self.epoch and beat.head_offset > self.watermark:
-            self.watermark = beat.head_offset
+        if beat.epoch == self.epoch and beat.head > self.watermark:
+            self.watermark = beat.head
             return True
         return False
 
-    def _on_reset(self, reset: feed_pb2.Reset) -> None:
-        reason = feed_pb2.ResetReason.Name(reset.reason).removeprefix("RESET_REASON_").lower()
-        log.warning("upstream %s: reset (%s): %s", self.symbol, reason, reset.message)
-        self.epoch, self.watermark = reset.epoch, reset.head_offset
+    def _on_reset(self, reset: Reset) -> None:
+        log.warning("upstream %s: reset (%s): %s", self.symbol, reset.reason, reset.message)
+        self.epoch, self.watermark = reset.epoch, reset.head
         self._position = (self.epoch, self.watermark)
         self.latest.clear()
         for listener in list(self.listeners):
-            listener.on_reset(self, reason, reset.message)
+            listener.on_reset(self, reset.reason, reset.message, [self.symbol])
 
     def _on_status(self, status: feed_pb2.SymbolStatus) -> None:
         """Pass on a change of the symbol's state. A stream opens with the symbol's state, so
@@ -318,6 +337,9 @@ class SymbolUpstream:
 
     def _take_batch(self, batch: feed_pb2.TickBatch, live: list[EncodedTick]) -> None:
         assert self.epoch is not None
+        if self.stale_frame is not None and batch.ticks:
+            # Ticks mean live: the change happened while we were reconnecting.
+            self._on_status(feed_pb2.SymbolStatus(state=feed_pb2.SYMBOL_STATE_LIVE))
         epoch, watermark, latest = self.epoch, self.watermark, self.latest
         encoded = None
         # The hot loop (about 1 us a tick beside encode_tick's 2-5): the encoded tick's plain
@@ -345,7 +367,7 @@ class SymbolUpstream:
         self.closed_reason = reason
         self.ready.set()
         for listener in list(self.listeners):
-            listener.on_closed(self, reason)
+            listener.on_closed(self, f"{self.symbol}: {reason}")
 
 
 class UpstreamPool:
@@ -409,12 +431,12 @@ class UpstreamPool:
             raise UpstreamUnavailable(f"{closed[0].symbol}: {closed[0].closed_reason}")
         return upstreams
 
-    def attach(self, listener: UpstreamListener, upstreams: list[SymbolUpstream]) -> None:
+    def attach(self, listener: TickListener, upstreams: list[SymbolUpstream]) -> None:
         for upstream in upstreams:
             upstream.listeners.add(listener)
             self._cancel_linger(upstream.symbol)
 
-    def detach(self, listener: UpstreamListener, symbols: Iterable[str]) -> None:
+    def detach(self, listener: TickListener, symbols: Iterable[str]) -> None:
         for symbol in symbols:
             upstream = self._upstreams.get(symbol)
             if upstream is not None:

@@ -1,0 +1,177 @@
+"""The offset-ordered merge of several symbols, done once per symbol set and shared by every client
+of that set (``/sse?symbols=A,B``), instead of once per client.
+
+A :class:`SymbolMerge` listens to each symbol's shared upstream and looks like one more upstream
+to its clients: ``epoch``, ``watermark`` (every tick of every symbol up to it was dispatched) and
+offset-ordered dispatches. A symbol's ticks wait until every symbol's upstream has passed their
+offset, then all are released in offset order, so the id of the last event a client saw is a
+complete resume cursor for all of its symbols.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .encoding import EncodedTick
+from .upstream import SymbolUpstream, TickDispatch, TickListener, UpstreamPool
+
+
+@dataclass(slots=True)
+class _SymbolState:
+    epoch: str | None
+    watermark: int
+    pending: deque[EncodedTick] = field(default_factory=deque)
+    reset_head: int = 0  # where the upstream's stream restarted after its last reset
+    start: int = 0  # ticks of this symbol at or below this offset were past when we joined
+
+
+class SymbolMerge:
+    """One symbol set's ordered merge; its ``listeners`` are the clients of exactly that set.
+
+    Made from upstreams of one epoch, already ready. After a feed restart it waits until every
+    symbol's upstream is in the new epoch, then resumes after the highest point any of them
+    restarted at and tells its listeners with one ``epoch_changed`` reset.
+    """
+
+    def __init__(self, upstreams: list[SymbolUpstream]) -> None:
+        self.upstreams = upstreams
+        self.symbols = [u.symbol for u in upstreams]
+        self.listeners: set[TickListener] = set()
+        self.epoch = upstreams[0].epoch
+        self._states = {
+            u.symbol: _SymbolState(u.epoch, u.watermark, start=u.watermark) for u in upstreams
+        }
+        self.watermark = min(u.watermark for u in upstreams)
+        self.closed_reason: str | None = None
+        # A feed restart seen by some of our upstreams: (new epoch, reason, message).
+        self._epoch_change: tuple[str, str, str] | None = None
+
+    def snapshot(self, kinds: Iterable[str]) -> list[EncodedTick]:
+        """The latest tick of each kind of each symbol, in offset order."""
+        latest = [tick for u in self.upstreams for tick in u.snapshot(kinds)]
+        return sorted(latest, key=lambda t: t.offset)
+
+    def stale_frames(self) -> list[bytes]:
+        """The ``status`` events of the symbols that are stale now."""
+        return [frame for u in self.upstreams for frame in u.stale_frames()]
+
+    # ----- from the upstreams ----------------------------------------------------------------
+
+    def on_ticks(self, upstream: SymbolUpstream, dispatch: TickDispatch) -> None:
+        state = self._states[upstream.symbol]
+        state.epoch, state.watermark = upstream.epoch, upstream.watermark
+        if upstream.epoch != self.epoch:
+            if self._epoch_change is not None and upstream.epoch == self._epoch_change[0]:
+                state.pending.extend(dispatch.ticks)
+            return
+        start = state.start
+        state.pending.extend(t for t in dispatch.ticks if t.offset > start)
+        self._release()
+
+    def on_reset(
+        self, upstream: SymbolUpstream, reason: str, message: str, symbols: list[str]
+    ) -> None:
+        state = self._states[upstream.symbol]
+        state.epoch, state.watermark = upstream.epoch, upstream.watermark
+        state.pending.clear()
+        state.reset_head = upstream.watermark
+        if upstream.epoch != self.epoch:
+            # The feed restarted. Ticks held from the old epoch cannot be ordered against the
+            # new one: drop them; the reset tells the clients their state is stale.
+            if self._epoch_change is None:
+                for other in self._states.values():
+                    other.pending.clear()
+            assert upstream.epoch is not None
+            self._epoch_change = (upstream.epoch, reason, message)
+            self._finish_epoch_change()
+        elif reason != "epoch_changed":
+            for listener in list(self.listeners):
+                listener.on_reset(self, reason, message, symbols)
+        self._release()
+
+    def on_status(self, upstream: SymbolUpstream, frame: bytes) -> None:
+        for listener in list(self.listeners):
+            listener.on_status(self, frame)
+
+    def on_closed(self, upstream: SymbolUpstream, reason: str) -> None:
+        self.closed_reason = f"{upstream.symbol}: {reason}"
+        for listener in list(self.listeners):
+            listener.on_closed(self, self.closed_reason)
+
+    # ----- ordering --------------------------------------------------------------------------
+
+    def _finish_epoch_change(self) -> None:
+        assert self._epoch_change is not None
+        epoch, reason, message = self._epoch_change
+        states = self._states.values()
+        if any(s.epoch != epoch for s in states):
+            return
+        self._epoch_change = None
+        self.epoch = epoch
+        self.watermark = max(s.reset_head for s in states)
+        for state in states:
+            state.pending = deque(t for t in state.pending if t.offset > self.watermark)
+            state.start = self.watermark
+        for listener in list(self.listeners):
+            listener.on_reset(self, reason, message, self.symbols)
+
+    def _release(self) -> None:
+        """Dispatch, in offset order, every pending tick that no symbol can still precede."""
+        states = self._states.values()
+        if any(s.epoch != self.epoch for s in states):
+            return
+        limit = min(s.watermark for s in states)
+        runs = []
+        for state in states:
+            run = []
+            pending = state.pending
+            while pending and pending[0].offset <= limit:
+                run.append(pending.popleft())
+            if run:
+                runs.append(run)
+        if len(runs) > 1:
+            ticks = list(heapq.merge(*runs, key=lambda t: t.offset))
+        else:
+            ticks = runs[0] if runs else []
+        if not ticks and limit <= self.watermark:
+            return
+        self.watermark = max(self.watermark, limit)
+        dispatch = TickDispatch(ticks)
+        for listener in list(self.listeners):
+            listener.on_ticks(self, dispatch)
+
+
+class MergePool:
+    """The merges in use, one per symbol set, each attached to its symbols' upstreams while it
+    has clients."""
+
+    def __init__(self, upstreams: UpstreamPool) -> None:
+        self._upstreams = upstreams
+        self._merges: dict[frozenset[str], SymbolMerge] = {}
+
+    def __len__(self) -> int:
+        return len(self._merges)
+
+    def attach(self, listener: TickListener, upstreams: list[SymbolUpstream]) -> SymbolMerge:
+        """Add ``listener`` to the merge of ``upstreams`` (ready, one epoch), opened if needed:
+        call right after acquiring them, without awaiting in between."""
+        key = frozenset(u.symbol for u in upstreams)
+        merge = self._merges.get(key)
+        if merge is None or merge.closed_reason is not None or merge.upstreams != upstreams:
+            merge = self._merges[key] = SymbolMerge(upstreams)
+            self._upstreams.attach(merge, upstreams)
+        merge.listeners.add(listener)
+        return merge
+
+    def detach(self, listener: TickListener, merge: SymbolMerge) -> None:
+        """Remove ``listener``; the last one out closes the merge."""
+        merge.listeners.discard(listener)
+        if merge.listeners:
+            return
+        key = frozenset(merge.symbols)
+        if self._merges.get(key) is merge:
+            del self._merges[key]
+        self._upstreams.detach(merge, merge.symbols)

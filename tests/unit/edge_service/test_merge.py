@@ -1,0 +1,73 @@
+"""SymbolMerge: one offset-ordered merge per symbol set, shared by its clients; feed restarts."""
+
+from __future__ import annotations
+
+from edge_service.merge import SymbolMerge
+from tests.unit.edge_service.fakes import FakeUpstream, offsets_sent, session, trades, written
+
+
+def merged(*upstreams: FakeUpstream) -> SymbolMerge:
+    merge = SymbolMerge(list(upstreams))  # type: ignore[arg-type]
+    for upstream in upstreams:
+        upstream.listeners.add(merge)
+    return merge
+
+
+def joined(merge: SymbolMerge):  # type: ignore[no-untyped-def]
+    client = session(merge.symbols)
+    merge.listeners.add(client)
+    client.begin_live(merge, snapshot=False)
+    return client
+
+
+def test_two_symbols_are_released_in_offset_order_only_when_both_passed() -> None:
+    a, b = FakeUpstream("A", watermark=4), FakeUpstream("B", watermark=4)
+    merge = merged(a, b)
+    client = joined(merge)
+    a.deliver(trades(a, [5, 9]), watermark=9)
+    assert not client.outbox.queued, "B may still have a tick below 9"
+    b.deliver(trades(b, [6, 8]), watermark=8)
+    assert offsets_sent(client) == [5, 6, 8]
+    b.deliver([], watermark=10)  # progress only
+    assert offsets_sent(client) == [9]
+    assert client.cursor == 9 == merge.watermark
+
+
+def test_every_client_of_the_set_gets_the_same_merged_bytes() -> None:
+    a, b = FakeUpstream("A", watermark=0), FakeUpstream("B", watermark=0)
+    merge = merged(a, b)
+    clients = [joined(merge) for _ in range(3)]
+    a.deliver(trades(a, [1, 3]), watermark=3)
+    b.deliver(trades(b, [2]), watermark=3)
+    chunks = [written(c) for c in clients]
+    assert chunks[0] is chunks[1] is chunks[2]
+    assert chunks[0] is not None and chunks[0].count(b"id: ") == 3
+
+
+def test_a_client_joining_later_starts_at_the_merge_watermark() -> None:
+    a, b = FakeUpstream("A", watermark=0), FakeUpstream("B", watermark=0)
+    merge = merged(a, b)
+    a.deliver(trades(a, [1, 4]), watermark=4)
+    b.deliver(trades(b, [2]), watermark=2)  # 1 and 2 released, 4 held
+    late = joined(merge)
+    assert late.cursor == 2
+    b.deliver([], watermark=5)
+    assert offsets_sent(late) == [4]
+
+
+def test_feed_restart_on_two_symbols_resets_after_the_later_restart_point() -> None:
+    """The reset id is the later restart point: ticks of the other symbol between the two
+    restart points are never counted as delivered without being sent."""
+    a, b = FakeUpstream("A", watermark=50), FakeUpstream("B", watermark=50)
+    merge = merged(a, b)
+    client = joined(merge)
+    a.restart("e2", 3)
+    a.deliver(trades(a, [4, 5]), watermark=5)
+    assert not client.outbox.queued, "no reset before every symbol is in the new epoch"
+    b.restart("e2", 6)
+    chunk = written(client)
+    assert chunk is not None and chunk.count(b"event: reset") == 1
+    assert b"id: e2-6" in chunk, "the cursor is the later restart point"
+    a.deliver(trades(a, [7]), watermark=7)
+    b.deliver([], watermark=7)
+    assert offsets_sent(client) == [7]
