@@ -33,6 +33,11 @@ Send = Callable[[Message], Awaitable[None]]
 LATENCY_SAMPLE_EVERY = 8  # writes per delivery-latency observation
 
 
+def chunk_frame(chunk: bytes) -> bytes:
+    """``chunk`` as one HTTP/1.1 chunk (RFC 9112 section 7.1): size in hex, CRLF, data, CRLF."""
+    return b"%x\r\n%b\r\n" % (len(chunk), chunk)
+
+
 class Flusher:
     """Collects ready outboxes and writes them all in one callback per loop turn."""
 
@@ -100,7 +105,10 @@ class DirectConnection:
         return not self._flow.write_paused and not self._cycle.disconnected
 
     def write(self, chunk: bytes) -> None:
-        self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        self._transport.write(chunk_frame(chunk))
+
+    def write_framed(self, framed: bytes) -> None:
+        self._transport.write(framed)
 
     def wake(self) -> None:
         self._cycle.message_event.set()
@@ -148,6 +156,9 @@ class AsgiConnection:
         return False  # every write goes through serve()
 
     def write(self, chunk: bytes) -> None:
+        raise NotImplementedError  # never writable
+
+    def write_framed(self, framed: bytes) -> None:
         raise NotImplementedError  # never writable
 
     def wake(self) -> None:

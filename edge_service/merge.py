@@ -40,6 +40,7 @@ class SymbolMerge:
         self.upstreams = upstreams
         self.symbols = [u.symbol for u in upstreams]
         self.listeners: set[TickListener] = set()
+        self.fan_outs: dict[frozenset[str], TickListener] = {}  # see fanout.join
         self.epoch = upstreams[0].epoch
         self._states = {
             u.symbol: _SymbolState(u.epoch, u.watermark, start=u.watermark) for u in upstreams
@@ -155,20 +156,18 @@ class MergePool:
     def __len__(self) -> int:
         return len(self._merges)
 
-    def attach(self, listener: TickListener, upstreams: list[SymbolUpstream]) -> SymbolMerge:
-        """Add ``listener`` to the merge of ``upstreams`` (ready, one epoch), opened if needed:
-        call right after acquiring them, without awaiting in between."""
+    def get(self, upstreams: list[SymbolUpstream]) -> SymbolMerge:
+        """The merge of ``upstreams`` (ready, one epoch), opened and listening if needed: call
+        right after acquiring them and join it at once, without awaiting in between."""
         key = frozenset(u.symbol for u in upstreams)
         merge = self._merges.get(key)
         if merge is None or merge.closed_reason is not None or merge.upstreams != upstreams:
             merge = self._merges[key] = SymbolMerge(upstreams)
             self._upstreams.attach(merge, upstreams)
-        merge.listeners.add(listener)
         return merge
 
-    def detach(self, listener: TickListener, merge: SymbolMerge) -> None:
-        """Remove ``listener``; the last one out closes the merge."""
-        merge.listeners.discard(listener)
+    def release(self, merge: SymbolMerge) -> None:
+        """Close ``merge`` once nothing listens to it any more."""
         if merge.listeners:
             return
         key = frozenset(merge.symbols)

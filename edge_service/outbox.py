@@ -32,6 +32,9 @@ class Sink(Protocol):
     def write(self, chunk: bytes) -> None:
         """Hand ``chunk`` (one or more whole SSE events) to the connection; never blocks."""
 
+    def write_framed(self, framed: bytes) -> None:
+        """Hand over bytes already framed for the connection (``delivery.chunk_frame``)."""
+
     def wake(self) -> None:
         """The outbox needs its connection's own task: it is paused, or the stream has ended."""
 
@@ -61,7 +64,7 @@ class Outbox:
         "_metrics",
         "_on_ready",
         "_queue",
-        "_wrote_since_heartbeat",
+        "active",
         "ended",
         "final",
         "queued",
@@ -87,7 +90,7 @@ class Outbox:
         self._conflating: dict[str, _QuoteSlot] | None = None
         self._metrics = metrics
         self._on_ready = on_ready
-        self._wrote_since_heartbeat = False
+        self.active = False  # something was written since the last heartbeat round
         self.scheduled = False  # on_ready was called and flush has not run since
         self.sink: Sink | None = None  # the connection, once the response has started
         self.final: bytes | None = None  # the disconnect event, once ended
@@ -147,9 +150,9 @@ class Outbox:
     def heartbeat(self, frame: bytes) -> None:
         """Queue the comment ``frame`` unless the stream carried anything since the last call:
         a busy stream needs no keep-alive."""
-        if not self._wrote_since_heartbeat and not self._queue:
+        if not self.active and not self._queue:
             self.push(frame, 0)
-        self._wrote_since_heartbeat = False
+        self.active = False
 
     def end(
         self, reason: str, message: str, retry_ms: int | None = None, drop_queued: bool = False
@@ -197,7 +200,7 @@ class Outbox:
             chunk = b"".join(parts)
         self.queued -= count
         self.queued_bytes -= len(chunk)
-        self._wrote_since_heartbeat = True
+        self.active = True
         if not queue:
             self._conflating = None  # caught up with everything queued
         return chunk, count, ingest_ns

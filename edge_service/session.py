@@ -56,6 +56,7 @@ class ClientSession:
         self.source: TickSource | None = None
         self.epoch: str | None = None
         self.cursor = 0  # every tick of ours up to this offset (in self.epoch) was queued
+        self.live = True  # False while a resume is catching up
         # While catching up: live ticks held from the source, and its watermark when holding began.
         self._buffer: deque[EncodedTick] | None = None
         self._buffer_start = 0
@@ -89,6 +90,7 @@ class ClientSession:
         """Resume after ``start`` (a Cursor or ``earliest``) through a private catch-up stream."""
         self._follow(source)
         self._buffer, self._buffer_start = deque(), source.watermark
+        self.live = False
         self._metrics.catchups.inc()
         self._catchup_task = asyncio.create_task(
             self._catch_up(stub, start, snapshot), name="catch-up"
@@ -232,6 +234,7 @@ class ClientSession:
         if source.epoch != self.epoch or self._buffer_start > self.cursor:
             return False
         buffered, self._buffer = self._buffer, None
+        self.live = True
         for tick in buffered:
             if tick.offset > self.cursor:
                 self._push_tick(tick)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
+from . import fanout
 from .auth import Grant, authorize, cookie_header, token_of
 from .cursor import Cursor, MalformedCursor, parse_cursor
 from .encoding import encode_preamble
@@ -198,10 +199,12 @@ def _respond(
         uncount()
         if expiry is not None:
             expiry.cancel()
+        if not fanout.leave(source, session):
+            return
         if isinstance(source, SymbolMerge):
-            edge.merges.detach(session, source)
+            edge.merges.release(source)
         else:
-            edge.pool.detach(session, session.symbols)
+            edge.pool.release(session.symbols)
 
     stream = edge.registry.add(session, release)
     if start is None:
@@ -221,11 +224,13 @@ def _respond(
 def _listen(
     edge: EdgeState, session: ClientSession, upstreams: list[SymbolUpstream]
 ) -> SymbolUpstream | SymbolMerge:
-    """What ``session`` follows: its one symbol's upstream, or the shared merge of several."""
-    if len(upstreams) == 1:
-        edge.pool.attach(session, upstreams)
-        return upstreams[0]
-    return edge.merges.attach(session, upstreams)
+    """What ``session`` follows, joined to its fan-out: its one symbol's upstream, or the shared
+    merge of several."""
+    source = upstreams[0] if len(upstreams) == 1 else edge.merges.get(upstreams)
+    fan_out = fanout.join(source, session, edge.registry.flusher)
+    if source is upstreams[0]:
+        edge.pool.attach(fan_out, upstreams)  # cancels a pending linger
+    return source
 
 
 def _end_at_expiry(session: ClientSession, grant: Grant) -> asyncio.TimerHandle:

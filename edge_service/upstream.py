@@ -134,6 +134,7 @@ class SymbolUpstream:
         self.watermark = 0
         self.latest: dict[str, EncodedTick] = {}
         self.listeners: set[TickListener] = set()
+        self.fan_outs: dict[frozenset[str], TickListener] = {}  # see fanout.join
         # The symbol's ``status`` event while it is stale (None while live).
         self.stale_frame: bytes | None = None
         self.last_tick_ns = 0  # when the feed accepted the newest tick seen (ns since epoch)
@@ -442,6 +443,11 @@ class UpstreamPool:
             if upstream is not None:
                 upstream.listeners.discard(listener)
                 self._maybe_linger(symbol)
+
+    def release(self, symbols: Iterable[str]) -> None:
+        """Their listeners are gone: close each idle upstream after the linger."""
+        for symbol in symbols:
+            self._maybe_linger(symbol)
 
     def _open(self, symbol: str) -> SymbolUpstream:
         upstream = self._upstreams.get(symbol)

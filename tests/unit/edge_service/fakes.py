@@ -26,6 +26,7 @@ class FakeUpstream:
     latest: dict[str, EncodedTick] = field(default_factory=dict)
     stale_frame: bytes | None = None
     listeners: set = field(default_factory=set)  # type: ignore[type-arg]
+    fan_outs: dict = field(default_factory=dict)  # type: ignore[type-arg]
 
     @property
     def symbols(self) -> list[str]:
@@ -90,3 +91,24 @@ def offsets_sent(client: ClientSession) -> list[int]:
         for line in chunk.decode().splitlines()
         if line.startswith("id: ")
     ]
+
+
+class FakeSink:
+    """A connection that records writes; ``open`` False stands for a paused transport."""
+
+    def __init__(self, open: bool = True) -> None:
+        self.open = open
+        self.writes: list[bytes] = []
+        self.wakes = 0
+
+    def writable(self) -> bool:
+        return self.open
+
+    def write(self, chunk: bytes) -> None:
+        self.writes.append(chunk)
+
+    def write_framed(self, framed: bytes) -> None:
+        self.writes.append(framed)
+
+    def wake(self) -> None:
+        self.wakes += 1

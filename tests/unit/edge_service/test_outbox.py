@@ -6,24 +6,7 @@ import json
 
 from edge_service.metrics import EdgeMetrics
 from edge_service.outbox import WRITE_LIMIT, Outbox
-
-
-class FakeSink:
-    """A connection that records writes; ``open`` False stands for a paused transport."""
-
-    def __init__(self, open: bool = True) -> None:
-        self.open = open
-        self.writes: list[bytes] = []
-        self.wakes = 0
-
-    def writable(self) -> bool:
-        return self.open
-
-    def write(self, chunk: bytes) -> None:
-        self.writes.append(chunk)
-
-    def wake(self) -> None:
-        self.wakes += 1
+from tests.unit.edge_service.fakes import FakeSink
 
 
 def outbox(event_limit: int = 100, byte_limit: int = 1_000_000) -> tuple[Outbox, list[Outbox]]:
