@@ -9,20 +9,17 @@ import socket
 import sys
 
 import uvicorn
-import uvloop
-from pydantic import ValidationError
-from pythonjsonlogger.json import JsonFormatter
+
+from tickstream_common.startup import run_on_uvloop, run_service
 
 from .app import create_app
 from .config import EdgeSettings
-from .redaction import RedactSecrets
 
 log = logging.getLogger("edge_service")
 
 
 SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (CPython: 700)
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def bind_socket(settings: EdgeSettings) -> socket.socket:
@@ -77,31 +74,17 @@ async def serve(settings: EdgeSettings) -> None:
     await task
 
 
+def _secrets(settings: EdgeSettings) -> list[str]:
+    """The configured secrets, masked in every log line."""
+    return [s.get_secret_value() for s in (settings.jwt_secret, settings.feed_token) if s]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags and ``EDGE_*`` variables and run the edge; 2 on a configuration error."""
-    try:
-        settings = EdgeSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-    except (ValidationError, ValueError) as error:
-        print(f"edge_service: invalid configuration: {error}", file=sys.stderr)
-        return 2
-    handler = logging.StreamHandler()
-    fields = "%(asctime)s %(levelname)s %(name)s %(message)s"
-    json_lines = settings.log_format == "json"
-    handler.setFormatter(JsonFormatter(fields) if json_lines else logging.Formatter(LOG_FORMAT))
-    secrets = [s.get_secret_value() for s in (settings.jwt_secret, settings.feed_token) if s]
-    handler.addFilter(RedactSecrets(secrets))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
-    try:
-        uvloop.run(serve(settings))
-    except ValueError as error:  # e.g. --auth jwt without exactly one key
-        print(f"edge_service: invalid configuration: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"edge_service: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    """Parse flags and ``EDGE_*`` variables and run the edge; 2 on a configuration error, 1 on
+    an OS error (see :mod:`tickstream_common.startup`)."""
+    return run_service(
+        "edge_service", EdgeSettings, argv, lambda s: run_on_uvloop(serve(s)), _secrets
+    )
 
 
 if __name__ == "__main__":
