@@ -22,6 +22,9 @@ class EdgeSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface the HTTP server binds.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
     feed_target: str = Field("127.0.0.1:50051", description="The feed's gRPC address, HOST:PORT.")
+    workers: int = Field(
+        1, ge=1, le=256, description="Processes on the one port (SO_REUSEPORT), each a whole edge."
+    )
     max_symbols: int = Field(
         200, ge=1, le=10_000, description="Most symbols one SSE stream may ask for."
     )
