@@ -5,22 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
 
 import pytest
 
 from tickstream_common.logs import configure_logging
 from tickstream_common.redaction import MASK
-
-
-@pytest.fixture(autouse=True)
-def root_logger() -> Iterator[None]:
-    """Give the root logger's handlers and level back after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def emit(capsys: pytest.CaptureFixture[str], message: str, *args: object) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_service.workers import DRAIN_TIMEOUT_S, RestartBudget, WorkerPool
+from tests.support import process_alive
 
 TARGETS = "tests.unit.edge.worker_targets"
 
@@ -48,14 +49,6 @@ def when(condition: Callable[[], bool], then: Callable[[], None], within: float 
     threading.Thread(target=poll, daemon=True).start()
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_restart_budget_allows_limit_restarts_per_window() -> None:
     budget = RestartBudget(2, 10.0)
     assert budget.take(0.0) and budget.take(1.0)
@@ -74,7 +67,7 @@ def test_sigterm_announces_once_stops_every_worker_and_exits_0() -> None:
     before = signal.getsignal(signal.SIGTERM)
     assert pool.run() == 0
     assert len(announced) == 1 and len(set(announced[0])) == 3
-    assert not [pid for pid in announced[0] if alive(pid)]
+    assert not [pid for pid in announced[0] if process_alive(pid)]
     assert signal.getsignal(signal.SIGTERM) is before, "the handlers are given back"
 
 
