@@ -7,6 +7,7 @@ COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY feed_service ./feed_service
 COPY edge_service ./edge_service
+COPY tickstream_common ./tickstream_common
 COPY clients/python/tickstream_client ./clients/python/tickstream_client
 COPY data ./data
 RUN pip install --no-cache-dir . && useradd --uid 10001 --no-create-home tickstream

@@ -5,29 +5,32 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import socket
 import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 
 import uvicorn
-import uvloop
-from pydantic import ValidationError
-from pythonjsonlogger.json import JsonFormatter
+
+from tickstream_common.logs import configure_logging
+from tickstream_common.startup import exit_code, run_on_uvloop, run_service
 
 from .app import begin_shutdown, create_app
 from .config import EdgeSettings
-from .redaction import RedactSecrets
+from .workers import WorkerPool, stop_with_parent
 
 log = logging.getLogger("edge_service")
 
 
 SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (CPython: 700)
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def bind_socket(settings: EdgeSettings) -> socket.socket:
     """A listening-ready TCP socket on ``host:port`` (0 = a free port). Raises OSError.
 
+    With ``--workers`` above 1 it has SO_REUSEPORT, so every worker can bind the same port.
     Accepted connections inherit its options (Linux): a bounded kernel send buffer
     (``--socket-send-buffer``), so a client that stops reading backs up into the edge's own
     bounded queue quickly; and TCP_USER_TIMEOUT = ``--send-timeout``, so a client that vanished
@@ -41,6 +44,8 @@ def bind_socket(settings: EdgeSettings) -> socket.socket:
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         timeout_ms = int(settings.send_timeout * 1000)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
+    if settings.workers > 1:  # every worker binds this port; the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((settings.host, settings.port))
     return sock
 
@@ -56,8 +61,18 @@ class EdgeServer(uvicorn.Server):
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
 
-async def serve(settings: EdgeSettings) -> None:
-    """Run uvicorn (httptools) on the edge app until SIGTERM or SIGINT."""
+def log_listening(host: str, port: int) -> None:
+    """Log the start-up line ``edge_service listening on http://HOST:PORT`` (IPv6 bracketed)."""
+    shown = f"[{host}]" if ":" in host else host
+    log.info("edge_service listening on http://%s:%d", shown, port)
+
+
+async def serve(
+    settings: EdgeSettings, on_started: Callable[[str, int], None] = log_listening
+) -> None:
+    """Run uvicorn (httptools) on the edge app until SIGTERM or SIGINT; ``on_started(host,
+    port)`` once it serves (by default the start-up line). Every response carries
+    ``X-Edge-Worker: <pid>``, so a client can tell which of ``--workers`` answered."""
     sock = bind_socket(settings)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
@@ -68,6 +83,7 @@ async def serve(settings: EdgeSettings) -> None:
         log_config=None,  # uvicorn's own lines go through our handler and format
         timeout_graceful_shutdown=10,
         lifespan="on",
+        headers=[("X-Edge-Worker", str(os.getpid()))],
     )
     server = EdgeServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -75,8 +91,7 @@ async def serve(settings: EdgeSettings) -> None:
     while not server.started and not task.done():  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     if server.started:
-        host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        log.info("edge_service listening on http://%s:%d", host, port)
+        on_started(settings.host, port)
         # Everything allocated at start-up lives as long as the process: move it out of the
         # cyclic collector's sight, and collect young objects less often (per-stream objects
         # are freed by reference counting), so full collections do not stall every stream.
@@ -88,31 +103,52 @@ async def serve(settings: EdgeSettings) -> None:
     await task
 
 
+def _secrets(settings: EdgeSettings) -> list[str]:
+    """The configured secrets, masked in every log line."""
+    return [s.get_secret_value() for s in (settings.jwt_secret, settings.feed_token) if s]
+
+
+def _log_with_pids(settings: EdgeSettings) -> None:
+    """Log lines name their process: several edge processes share one output."""
+    configure_logging(settings.log_level, settings.log_format, _secrets(settings), with_pid=True)
+
+
+def run_worker(ready: Connection, settings: EdgeSettings) -> None:
+    """The body of one ``--workers`` process (spawned by :class:`WorkerPool`): logging, then
+    :func:`serve` on ``settings.port`` until SIGTERM (or the parent's end); sends its pid over
+    ``ready`` once it serves. Exits with the codes of :func:`main`."""
+    _log_with_pids(settings)
+    stop_with_parent()
+
+    def started(_host: str, _port: int) -> None:
+        ready.send(os.getpid())
+
+    sys.exit(exit_code("edge_service", lambda: run_on_uvloop(serve(settings, started))))
+
+
+def _run(settings: EdgeSettings) -> int:
+    if settings.workers == 1:
+        return run_on_uvloop(serve(settings))
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("--workers above 1 needs SO_REUSEPORT, which this system lacks")
+    _log_with_pids(settings)
+    # Bound here and never listening: port 0 becomes a number, which the port keeps while
+    # workers come and go (a listening socket would take a share of the connections).
+    with bind_socket(settings) as reserved:
+        port = reserved.getsockname()[1]
+        pool = WorkerPool(
+            settings.workers,
+            "edge_service.__main__:run_worker",
+            (settings.model_copy(update={"port": port}),),
+            on_ready=lambda: log_listening(settings.host, port),
+        )
+        return pool.run()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags and ``EDGE_*`` variables and run the edge; 2 on a configuration error."""
-    try:
-        settings = EdgeSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-    except (ValidationError, ValueError) as error:
-        print(f"edge_service: invalid configuration: {error}", file=sys.stderr)
-        return 2
-    handler = logging.StreamHandler()
-    fields = "%(asctime)s %(levelname)s %(name)s %(message)s"
-    json_lines = settings.log_format == "json"
-    handler.setFormatter(JsonFormatter(fields) if json_lines else logging.Formatter(LOG_FORMAT))
-    secrets = [s.get_secret_value() for s in (settings.jwt_secret, settings.feed_token) if s]
-    handler.addFilter(RedactSecrets(secrets))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
-    try:
-        uvloop.run(serve(settings))
-    except ValueError as error:  # e.g. --auth jwt without exactly one key
-        print(f"edge_service: invalid configuration: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"edge_service: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    """Parse flags and ``EDGE_*`` variables and run the edge (``--workers`` processes); 2 on a
+    configuration error, 1 on an OS error (see :mod:`tickstream_common.startup`)."""
+    return run_service("edge_service", EdgeSettings, argv, _run, _secrets)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode
+
+from tickstream_common.settings import LogFormatSetting, LogLevel, service_config, split_commas
 
 
 class EdgeSettings(BaseSettings):
@@ -15,16 +17,14 @@ class EdgeSettings(BaseSettings):
     Every flag has an environment variable with the ``EDGE_`` prefix (``--port`` is ``EDGE_PORT``).
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="EDGE_",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        cli_prog_name="python -m edge_service",
-    )
+    model_config = service_config("EDGE_", "python -m edge_service")
 
     host: str = Field("127.0.0.1", description="Interface the HTTP server binds.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
     feed_target: str = Field("127.0.0.1:50051", description="The feed's gRPC address, HOST:PORT.")
+    workers: int = Field(
+        1, ge=1, le=256, description="Processes on the one port (SO_REUSEPORT), each a whole edge."
+    )
     max_symbols: int = Field(
         200, ge=1, le=10_000, description="Most symbols one SSE stream may ask for."
     )
@@ -72,18 +72,8 @@ class EdgeSettings(BaseSettings):
     feed_check_interval: float = Field(
         0.5, gt=0, description="Seconds between health checks of the feed (readiness)."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        "INFO", description="Python logging level."
-    )
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_level(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
-
-    log_format: Literal["text", "json"] = Field(
-        "text", description="Log lines as text, or one JSON object per line."
-    )
+    log_level: LogLevel = "INFO"
+    log_format: LogFormatSetting = "text"
     auth: Literal["off", "jwt"] = Field(
         "off", description="Client authentication: off, or JWT bearer tokens on /sse and /symbols."
     )
@@ -139,6 +129,4 @@ class EdgeSettings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
-        return (
-            [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-        )
+        return split_commas(value)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
+from tickstream_common.symbols import SYMBOL_RULE, is_valid_symbol
 
 from .problems import Problem
 
-SYMBOL_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,31}")
-"""The feed's symbol rule (``feed_service/symbols.py``): 1 to 32 of A-Z 0-9 . _ -."""
 KINDS = ("trade", "quote")
 
 
@@ -20,7 +18,7 @@ def parse_symbols(raw: list[str], limit: int) -> list[str]:
     symbols = list(dict.fromkeys(part for value in raw for part in value.split(",")))
     if not symbols or symbols == [""]:
         raise Problem(400, "invalid-symbols", "Invalid symbols", "name at least one symbol")
-    bad = [s for s in symbols if SYMBOL_PATTERN.fullmatch(s) is None]
+    bad = [s for s in symbols if not is_valid_symbol(s)]
     if bad:
         shown = bad[0] if len(bad[0]) <= 40 else bad[0][:40] + "..."
         shown = shown if shown.isprintable() else "(unprintable)"
@@ -28,8 +26,7 @@ def parse_symbols(raw: list[str], limit: int) -> list[str]:
             400,
             "invalid-symbols",
             "Invalid symbols",
-            f"malformed symbol {shown!r}: symbols are 1-32 characters of A-Z 0-9 . _ - "
-            "(upper case), comma-separated",
+            f"malformed symbol {shown!r}: symbols are {SYMBOL_RULE}, comma-separated",
         )
     if len(symbols) > limit:
         raise Problem(

@@ -6,14 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode
 
-
-def split_commas(value: Any) -> Any:
-    """Split ``"A,B"`` into ``["A", "B"]`` (flags and env vars); lists pass through unchanged."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
+from tickstream_common.settings import LogFormatSetting, LogLevel, service_config, split_commas
 
 
 class FeedSettings(BaseSettings):
@@ -23,12 +18,7 @@ class FeedSettings(BaseSettings):
     list values are comma-separated there).
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="FEED_",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        cli_prog_name="python -m feed_service",
-    )
+    model_config = service_config("FEED_", "python -m feed_service")
 
     host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -94,18 +84,8 @@ class FeedSettings(BaseSettings):
     grace_period: float = Field(
         5.0, ge=0, description="Seconds SIGTERM waits for streams to end before cancelling them."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        "INFO", description="Python logging level."
-    )
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_level(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
-
-    log_format: Literal["text", "json"] = Field(
-        "text", description="Log lines as text, or one JSON object per line."
-    )
+    log_level: LogLevel = "INFO"
+    log_format: LogFormatSetting = "text"
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
     tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
     tls_client_ca: Path | None = Field(

@@ -16,10 +16,11 @@ from decimal import Decimal
 
 from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 
+from tickstream_common.symbols import SYMBOL_PATTERN, is_valid_symbol
+
 from .errors import InvalidRequest, LimitExceeded
 from .hub import TickHub
 from .liveness import Liveness, SourceHandle
-from .symbols import SYMBOL_PATTERN, is_valid_symbol
 
 DECIMAL_PATTERN = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?")
 """Prices and sizes: digits, optionally a point and more digits; no sign, exponent or spaces."""

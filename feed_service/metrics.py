@@ -4,81 +4,59 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from tickstream.v1 import feed_pb2
 
+from tickstream_common.metrics import ServiceMetrics
+
 from .liveness import Liveness
 
+REJECT_CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "PERMISSION_DENIED")
+RESET_REASONS = tuple(name for name, number in feed_pb2.ResetReason.items() if number)
+PUBLISH_OUTCOMES = ("stored", "invalid", "denied", "limited", "unavailable")
 
-class FeedMetrics:
+
+class FeedMetrics(ServiceMetrics):
     """Counters and gauges: subscriptions, ticks published and sent, head offset."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.subscribe_requests = Counter(
-            "tickstream_feed_subscribe_requests",
-            "Subscribe calls accepted (after validation).",
-            registry=self.registry,
+        super().__init__("tickstream_feed_")
+        self.subscribe_requests = self.counter(
+            "subscribe_requests", "Subscribe calls accepted (after validation)."
         )
-        self.rejected_requests = Counter(
-            "tickstream_feed_rejected_requests",
+        self.rejected_requests = self.counter(
+            "rejected_requests",
             "Subscribe calls rejected, by gRPC status code.",
-            ["code"],
-            registry=self.registry,
+            label="code",
+            known=REJECT_CODES,
         )
-        self.active_subscriptions = Gauge(
-            "tickstream_feed_active_subscriptions",
-            "Subscribe streams open now.",
-            registry=self.registry,
+        self.active_subscriptions = self.gauge(
+            "active_subscriptions", "Subscribe streams open now."
         )
-        self.ticks_published = Counter(
-            "tickstream_feed_ticks_published", "Ticks numbered by the hub.", registry=self.registry
+        self.ticks_published = self.counter("ticks_published", "Ticks numbered by the hub.")
+        self.ticks_sent = self.counter("ticks_sent", "Ticks written to Subscribe streams.")
+        self.resets = self.counter(
+            "resets", "Reset messages sent, by reason.", label="reason", known=RESET_REASONS
         )
-        self.ticks_sent = Counter(
-            "tickstream_feed_ticks_sent",
-            "Ticks written to Subscribe streams.",
-            registry=self.registry,
+        self.tasks = self.gauge(
+            "asyncio_tasks", "asyncio tasks alive (sampled every second on the event loop)."
         )
-        self.resets = Counter(
-            "tickstream_feed_resets",
-            "Reset messages sent, by reason.",
-            ["reason"],
-            registry=self.registry,
-        )
-        # Known label values start at 0, so rate() works before the first occurrence.
-        for code in ("INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "PERMISSION_DENIED"):
-            self.rejected_requests.labels(code)
-        for name, number in feed_pb2.ResetReason.items():
-            if number:
-                self.resets.labels(name)
-        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, fds, CPU
-        self.tasks = Gauge(
-            "tickstream_feed_asyncio_tasks",
-            "asyncio tasks alive (sampled every second on the event loop).",
-            registry=self.registry,
-        )
-        self.head_offset = Gauge(
-            "tickstream_feed_head_offset", "Newest offset assigned.", registry=self.registry
-        )
-        self.publish_batches = Counter(
-            "tickstream_feed_publish_batches",
+        self.head_offset = self.gauge("head_offset", "Newest offset assigned.")
+        self.publish_batches = self.counter(
+            "publish_batches",
             "Publish batches by outcome: stored, invalid, denied, limited, unavailable.",
-            ["outcome"],
-            registry=self.registry,
+            label="outcome",
+            known=PUBLISH_OUTCOMES,
         )
-        for outcome in ("stored", "invalid", "denied", "limited", "unavailable"):
-            self.publish_batches.labels(outcome)
-        self.publish_duplicates = Counter(
-            "tickstream_feed_publish_duplicates",
+        self.publish_duplicates = self.counter(
+            "publish_duplicates",
             "Published ticks not stored because their dedup_id was already stored.",
-            registry=self.registry,
         )
 
     def watch(self, liveness: Liveness) -> None:
         """Export per-symbol last-tick ages and source states from ``liveness``."""
-        self.registry.register(_LivenessCollector(liveness))
+        self.register(_LivenessCollector(liveness))
 
 
 class _LivenessCollector(Collector):

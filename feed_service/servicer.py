@@ -9,12 +9,13 @@ from dataclasses import dataclass
 import grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
+from tickstream_common.symbols import SYMBOL_PATTERN, is_valid_symbol
+
 from .errors import FeedError, InvalidRequest, NotReady, UnknownSymbol
 from .hub import TickHub
 from .liveness import Liveness
 from .metrics import FeedMetrics
 from .security import TokenTable
-from .symbols import SYMBOL_PATTERN, is_valid_symbol
 from .wire import StoredTick, serialize_response, tick_batch_response
 
 ALL_TYPES = frozenset({tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE})

@@ -84,6 +84,15 @@ class ServiceProcess:
             self.popen.wait()
 
 
+def process_alive(pid: int) -> bool:
+    """True while a process ``pid`` exists (a zombie not yet reaped counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def spawn(
     name: str, module: str, args: list[str], env: dict[str, str] | None = None
 ) -> ServiceProcess:

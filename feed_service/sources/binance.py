@@ -29,9 +29,10 @@ from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from tickstream_common.symbols import is_valid_symbol
+
 from ..ingest import InvalidDraft, check_draft, make_draft
 from ..liveness import SourceHandle
-from ..symbols import is_valid_symbol
 
 log = logging.getLogger(__name__)
 

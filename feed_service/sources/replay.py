@@ -18,9 +18,10 @@ from typing import IO
 
 from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 
+from tickstream_common.symbols import is_valid_symbol
+
 from ..ingest import make_draft
 from ..liveness import SourceHandle
-from ..symbols import is_valid_symbol
 
 log = logging.getLogger(__name__)
 

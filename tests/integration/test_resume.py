@@ -42,6 +42,18 @@ def assert_contiguous(events: list[SseEvent]) -> None:
         last[key] = sequence
 
 
+def assert_resumed_after(
+    reference: list[SseEvent], last_seen: SseEvent, resumed: list[SseEvent]
+) -> None:
+    """``resumed`` is exactly what ``reference`` (an uninterrupted stream of the same URL) held
+    after ``last_seen``: event k+1 first, the same ids and data, nothing missed or repeated."""
+    start = [e.id for e in reference].index(last_seen.id) + 1
+    expected = reference[start : start + len(resumed)]
+    assert len(expected) == len(resumed), "the reference stream reaches as far"
+    assert resumed[0].id == expected[0].id, "event k+1 comes next"
+    assert [(e.id, e.data) for e in resumed] == [(e.id, e.data) for e in expected]
+
+
 @pytest.mark.parametrize(
     "path", ["/sse/BTCUSDT", "/sse?symbols=BTCUSDT,ETHUSDT"], ids=["one-symbol", "two-symbols"]
 )
@@ -61,11 +73,5 @@ async def test_reconnect_with_last_event_id_gets_event_k_plus_1_next(
     resumed_ticks = [e for e in resumed if e.event in ("trade", "quote")]
     assert not [e for e in resumed if e.event == "reset"], "a point in history is honoured"
 
-    expected_all = await reference
-    ids = [e.id for e in expected_all]
-    start = ids.index(last_seen.id) + 1
-    expected = expected_all[start : start + AFTER]
-    assert len(expected) == AFTER
-    assert resumed_ticks[0].id == expected[0].id, "event k+1 comes next"
-    assert [(e.id, e.data) for e in resumed_ticks] == [(e.id, e.data) for e in expected]
+    assert_resumed_after(await reference, last_seen, resumed_ticks)
     assert_contiguous(ticks + resumed_ticks)

@@ -8,7 +8,7 @@ import logging
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_service.redaction import MASK, RedactSecrets, redact
+from tickstream_common.redaction import MASK, RedactSecrets, redact
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
