@@ -1,7 +1,7 @@
 """Fuzzing (issue 6): schemathesis generates requests from the edge's own OpenAPI document for
 every non-streaming route and sends them to a real edge: none may answer 5xx. (The SSE routes'
-parameter parsers are fuzzed with hypothesis in ``tests/unit/test_parser_fuzzing.py``, and the
-SSE encoder in ``tests/unit/test_framing.py``.)"""
+parameter parsers are fuzzed with hypothesis in ``tests/unit/edge_service/test_parser_fuzzing.py``,
+and the SSE encoder in ``tests/unit/edge_service/test_framing.py``.)"""
 
 from __future__ import annotations
 

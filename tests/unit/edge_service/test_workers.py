@@ -15,7 +15,7 @@ import pytest
 from edge_service.workers import DRAIN_TIMEOUT_S, RestartBudget, WorkerPool
 from tests.support import process_alive
 
-TARGETS = "tests.unit.edge.worker_targets"
+TARGETS = "tests.unit.edge_service.worker_targets"
 
 
 def pool_of(

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHECK = """
 import tickstream_client, tickstream.v1.feed_pb2 as feed, tickstream.v1.ingest_pb2_grpc
 from tickstream_client import Publisher, subscribe, trade
