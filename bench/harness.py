@@ -65,11 +65,19 @@ def build_load_client() -> Path:
 
 @dataclass
 class Proc:
-    """A started process, its log file, and its readings from /proc."""
+    """A started process, its log file (appended to: this process's output starts at byte
+    ``log_start``), and its readings from /proc."""
 
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    log_start: int = 0
+
+    def output(self) -> str:
+        """What this process wrote to its log so far."""
+        with self.log.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
 
     @property
     def pid(self) -> int:
@@ -91,6 +99,7 @@ def start(name: str, args: list[str], logs: Path, cpu: str | None = SERVER_CPU) 
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}.log"
     with log.open("ab") as out:
+        log_start = out.tell()
         popen = subprocess.Popen(
             pinned(cpu, args),
             stdout=out,
@@ -98,7 +107,7 @@ def start(name: str, args: list[str], logs: Path, cpu: str | None = SERVER_CPU) 
             cwd=ROOT,
             preexec_fn=_raise_nofile,
         )
-    return Proc(name, popen, log)
+    return Proc(name, popen, log, log_start)
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -161,7 +170,7 @@ def wait_http(url: str, timeout: float = 30, proc: Proc | None = None) -> None:
         except httpx.HTTPError:
             pass
         if proc is not None and proc.popen.poll() is not None:
-            tail = proc.log.read_text(errors="replace").strip().splitlines()[-3:]
+            tail = proc.output().strip().splitlines()[-3:]
             raise ServerStartError(
                 f"{proc.name} exited with {proc.popen.returncode}: " + " / ".join(tail)
             )
@@ -249,12 +258,13 @@ def run_load(
     processes = -(-clients // CLIENTS_PER_PROCESS)
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
     ready = threading.Semaphore(0)
+    at_ready: list[int] = []  # each process's connections with headers when it said "ready"
     popens: list[subprocess.Popen[str]] = []
     if on_window is not None:
         on_window("launch")
     try:
         for index, share in enumerate(shares):
-            popens.append(_launch(plan.args(share, index), ready))
+            popens.append(_launch(plan.args(share, index), ready, at_ready))
         _wait_ready(popens, ready, plan.connect_timeout + 30)
         waited = plan.until_window()
         if on_window is not None:
@@ -270,12 +280,15 @@ def run_load(
             if popen.poll() is None:
                 popen.kill()
                 popen.wait()
-    return _merge(outputs)
+    return _merge(outputs) | {"connected_at_ready": sum(at_ready)}
 
 
-def _launch(args: list[str], ready: threading.Semaphore) -> subprocess.Popen[str]:
+def _launch(
+    args: list[str], ready: threading.Semaphore, at_ready: list[int]
+) -> subprocess.Popen[str]:
     popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    threading.Thread(target=_watch_stderr, args=(popen, ready), daemon=True).start()
+    watcher = threading.Thread(target=_watch_stderr, args=(popen, ready, at_ready), daemon=True)
+    watcher.start()
     return popen
 
 
@@ -293,10 +306,14 @@ def _wait_ready(
                 raise RuntimeError("the load client never reported ready")
 
 
-def _watch_stderr(popen: subprocess.Popen[str], ready: threading.Semaphore) -> None:
+def _watch_stderr(
+    popen: subprocess.Popen[str], ready: threading.Semaphore, at_ready: list[int]
+) -> None:
+    """Release ``ready`` on the client's "ready N" line (N into ``at_ready``); echo the rest."""
     assert popen.stderr is not None
     for line in popen.stderr:
         if line.startswith("ready"):
+            at_ready.append(int(line.split()[1]))
             ready.release()
         else:
             print(f"    load client: {line.rstrip()}", file=sys.stderr)

@@ -83,9 +83,10 @@ SCALING_RATE = 10
 # Seconds each step may take to connect: 19,900 must connect within 20 s (a target); the
 # smaller steps measure RSS per connection, which needs them all connected, so they may take 40.
 MEMORY_CONNECT_S = {1000: 40, 10_000: 40, 19_900: 20}
-LATENCY_CLIENTS = [200, 1000]
 LATENCY_S = 15
-REPLAY_LEAD_S = 12  # every latency window opens this long after its replay's first batch
+# Seconds from a replay's first batch to the latency window's opening, by clients: the same
+# for every server, so every window covers the same ticks (1,000 clients take longer to connect).
+REPLAY_LEAD_S = {200: 12, 1000: 30}
 TODAY = date.today().isoformat()
 
 
@@ -300,11 +301,12 @@ def idle_streams(server: Server, connections: int) -> Row:
         on_window=window,
         connect_timeout=MEMORY_CONNECT_S[connections],
     )
-    connected = int(figures["connected"])  # type: ignore[call-overload]
+    connected = int(figures["connected_at_ready"])  # type: ignore[call-overload]
     (t0, cpu0, _), (t1, cpu1, _) = marks["launch"], marks["ready"]
     return {
         "connections": connections,
-        "held": connected,
+        "connected_in_window": connected,
+        "held": figures["connected"],
         "closed_early": figures["closed_early"],
         "connect_window_s": MEMORY_CONNECT_S[connections],
         "connect_s": round(t1 - t0, 2),
@@ -326,8 +328,9 @@ def run_memory() -> list[Row]:
                 held = max(row["held"], 1)  # per stream the server actually held
                 row["kib_per_connection"] = round((row["rss_kib"] - idle) / held, 1)
                 say(
-                    f"memory {kind:10} {connections:6} connections: held {row['held']} "
-                    f"(connected in {row['connect_s']} s of {row['connect_window_s']}), "
+                    f"memory {kind:10} {connections:6} connections: "
+                    f"{row['connected_in_window']} connected in {row['connect_s']} s (window "
+                    f"{row['connect_window_s']} s), {row['held']} held, "
                     f"{row['kib_per_connection']} KiB each, set-up "
                     f"{row['setup_cpu_ms_per_connection']} ms CPU each"
                 )
@@ -340,6 +343,7 @@ def run_memory() -> list[Row]:
 def replay_run(kind: str, clients: int) -> Row:
     """``clients`` on both symbols of a server replaying the recording at 1x; the window opens
     ``REPLAY_LEAD_S`` after the replay's first batch, so every server's covers the same ticks."""
+    lead = REPLAY_LEAD_S[clients]
     fields: Row = {"server": kind, "clients": clients, "source": "replay 1x"}
     try:
         server = make_server(kind, 0, LOGS / f"latency-{kind}", replay=True)
@@ -347,13 +351,13 @@ def replay_run(kind: str, clients: int) -> Row:
         return unavailable(kind, error, **fields)
     try:
         started_ns = server.replay_started_ns()
-        start_at = started_ns + REPLAY_LEAD_S * 1_000_000_000
+        start_at = started_ns + lead * 1_000_000_000
         figures = measured(server, clients, seconds=LATENCY_S, start_at_ns=start_at)
     finally:
         server.stop()
     position = (int(figures["window_start_unix_ns"]) - started_ns) / 1e9  # type: ignore[call-overload]
     row = fields | {**figures, "window_after_replay_start_s": round(position, 2)}
-    row["replay_lead_s"] = REPLAY_LEAD_S
+    row["replay_lead_s"] = lead
     say(
         f"latency {kind:13} replay 1x, {clients:4} clients: {row['events_per_s']} ev/s "
         f"({row['events_per_s'] / clients:.0f} per client), p50 {row['p50_ms']} ms, "
@@ -365,7 +369,7 @@ def replay_run(kind: str, clients: int) -> Row:
 
 def run_latency() -> list[Row]:
     return [
-        replay_run(kind, clients) for kind in [*kinds(), TWO_WORKERS] for clients in LATENCY_CLIENTS
+        replay_run(kind, clients) for kind in [*kinds(), TWO_WORKERS] for clients in REPLAY_LEAD_S
     ]
 
 

@@ -268,7 +268,7 @@ def _logged_start(proc: Proc, timeout: float = 60) -> int:
     """The time in ``proc``'s "replay started at NS" log line, waiting for it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in proc.log.read_text(errors="replace").splitlines():
+        for line in proc.output().splitlines():
             if line.startswith(STARTED):
                 return int(line.split()[-1])
         if proc.popen.poll() is not None:
