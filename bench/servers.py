@@ -12,9 +12,13 @@ in the Nchan publisher and in the baseline.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -27,6 +31,7 @@ from harness import (
     children,
     free_port,
     metric_samples,
+    process_tree,
     start,
     wait_http,
 )
@@ -113,9 +118,20 @@ class Server:
         return _logged_start(self.procs[-1])
 
     def stop(self) -> None:
+        """Stop every started process by its PID, then any of their descendants still running
+        (an edge's workers, should they outlive it)."""
+        started = {proc.pid for proc in self.procs}
+        descendants = [
+            Descendant.of(pid)
+            for proc in self.procs
+            for pid in process_tree(proc.pid)
+            if pid not in started
+        ]
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
+        for process in descendants:
+            process.stop()
 
 
 def replay_source() -> tuple[str, ...]:
@@ -262,6 +278,37 @@ class Baseline(Server):
         self.procs = [app]
         self.memory_pids = self.own_pids = [app.pid]
         _wait_listening(self.port)
+
+
+@dataclass(frozen=True)
+class Descendant:
+    """A process a started one started, known by PID and start time (so a PID reused after it
+    ended is never signalled)."""
+
+    pid: int
+    started: str | None
+
+    @staticmethod
+    def of(pid: int) -> Descendant:
+        return Descendant(pid, _start_time(pid))
+
+    def stop(self, timeout: float = 5) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.started is None or _start_time(self.pid) != self.started:
+                return  # ended (or the PID is another process's now)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _start_time(self.pid) == self.started:
+                time.sleep(0.05)
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot); None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
 
 
 def _logged_start(proc: Proc, timeout: float = 60) -> int:
