@@ -1,17 +1,26 @@
-"""Publishes RATE tick-shaped messages per second to an Nchan publisher location.
+"""Publishes tick-shaped messages to Nchan's publisher locations.
+
+- ``PORT RATE``: RATE synthetic trades of symbol BENCH per second to ``/pub`` (channel
+  ``bench``), stamped ``ingestTime`` one by one;
+- ``PORT --replay``: the bundled recording (BTCUSDT and ETHUSDT) as the feed's ``--source
+  replay --speed 1 --loop`` replays it (``replay_ticks.py``): each tick to ``/pub/<symbol>``
+  (one channel per symbol) with its event name in ``X-EventSource-Event``, each stamped
+  ``ingestTime`` just before its request (the moment the feed's hub would accept it: a batch's
+  later ticks wait for the earlier ones' requests, and are not charged for that wait).
 
 One keep-alive HTTP/1.1 connection, one request at a time (Nchan does not serve pipelined
 publisher requests promptly); when behind schedule it publishes back to back. A plain
 synchronous script: it runs in a process of its own, pinned with the server it feeds.
 
-Usage: python bench/nchan_publisher.py PORT RATE
+Usage: python bench/nchan_publisher.py PORT (RATE | --replay)
 """
 
 from __future__ import annotations
 
+import argparse
 import socket
-import sys
 import time
+from dataclasses import dataclass
 
 from payload import tick_json
 
@@ -39,11 +48,32 @@ def connect(port: int) -> socket.socket:
     return sock
 
 
-def main() -> None:
-    port, rate = int(sys.argv[1]), float(sys.argv[2])
-    sock = connect(port)
-    head = "POST /pub HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-    started, sent, pending = time.monotonic(), 0, b""
+@dataclass
+class Publisher:
+    """One keep-alive connection to nginx; :meth:`post` publishes one message."""
+
+    port: int
+    sock: socket.socket | None = None
+    pending: bytes = b""
+
+    def post(self, path: str, body: bytes, event: str | None = None) -> None:
+        head = f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        if event is not None:
+            head += f"X-EventSource-Event: {event}\r\n"
+        request = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        try:
+            if self.sock is None:
+                self.sock, self.pending = connect(self.port), b""
+            self.sock.sendall(request)
+            self.pending = read_response(self.sock, self.pending)
+        except ConnectionError:  # nginx ends a keep-alive connection now and then
+            if self.sock is not None:
+                self.sock.close()
+            self.sock = None
+
+
+def publish_synthetic(publisher: Publisher, rate: float) -> None:
+    started, sent = time.monotonic(), 0
     while True:
         due = int((time.monotonic() - started) * rate) - sent
         if due <= 0:
@@ -51,14 +81,37 @@ def main() -> None:
             continue
         for _ in range(due):
             sent += 1
-            body = tick_json(sent, time.time_ns()).encode()
-            request = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
-            try:
-                sock.sendall(request)
-                pending = read_response(sock, pending)
-            except ConnectionError:  # nginx ends a keep-alive connection now and then
-                sock.close()
-                sock, pending = connect(port), b""
+            publisher.post("/pub", tick_json(sent, time.time_ns()).encode())
+
+
+def publish_replay(publisher: Publisher) -> None:
+    from replay_ticks import Batch, TickNumbers, announce_start, load_ticks, schedule
+
+    numbers = TickNumbers()
+    for step in schedule(load_ticks()):
+        if not isinstance(step, Batch):
+            time.sleep(step)
+            continue
+        if numbers.offset == 0:
+            announce_start(time.time_ns())
+        for tick in step.ticks:  # stamped as it is handed to Nchan, as the hub stamps on accept
+            kind, body = numbers.event(tick, step.shift_ns, time.time_ns())
+            publisher.post(f"/pub/{tick.symbol}", body.encode(), event=kind)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("port", type=int)
+    parser.add_argument("rate", type=float, nargs="?", help="synthetic events per second")
+    parser.add_argument("--replay", action="store_true", help="replay the bundled recording")
+    args = parser.parse_args()
+    publisher = Publisher(args.port)
+    if args.replay:
+        publish_replay(publisher)
+    elif args.rate:
+        publish_synthetic(publisher, args.rate)
+    else:
+        parser.error("give RATE or --replay")
 
 
 if __name__ == "__main__":

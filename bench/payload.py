@@ -19,6 +19,21 @@ def rfc3339_ns(ns: int) -> str:
     return f"{_prefix_cache[1]}.{frac:09d}Z"
 
 
+def timestamp_json(ns: int) -> str:
+    """ns since the epoch as the proto3 JSON mapping of a Timestamp, in quotes, with the fewest
+    of 0, 3, 6 or 9 fraction digits that are exact (as the edge writes event and ingest times)."""
+    nanos = ns % 1_000_000_000
+    if nanos == 0:
+        fraction = ""
+    elif nanos % 1_000_000 == 0:
+        fraction = f".{nanos // 1_000_000:03d}"
+    elif nanos % 1_000 == 0:
+        fraction = f".{nanos // 1_000:06d}"
+    else:
+        fraction = f".{nanos:09d}"
+    return f'"{rfc3339_ns(ns)[:19]}{fraction}Z"'
+
+
 def tick_json(sequence: int, now_ns: int) -> str:
     """One trade of symbol BENCH as compact JSON, stamped ``ingestTime`` = ``now_ns``."""
     stamp = rfc3339_ns(now_ns)

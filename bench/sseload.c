@@ -8,14 +8,17 @@
  *     minus the event's "ingestTime" (RFC 3339, UTC, as in the proto3 JSON mapping), into a
  *     histogram of 10 us buckets;
  *   - with --check-ids, gaps and repeats in the numeric tail of "id:" lines (one-symbol streams
- *     of tickstream, whose offsets are consecutive);
+ *     of tickstream, whose offsets are consecutive); with --check-seq, the same of the data's
+ *     "sequence" (Nchan, whose ids are its own: one publisher numbering one channel's events);
  *   - its own CPU time, so a run can say when the load client itself was the bottleneck.
  * Prints one JSON object on stdout. When every connection has its response headers it prints
  * "ready N" on stderr, so a caller can sample the server's memory while the streams are open.
  *
  * Build: gcc -O2 -o sseload sseload.c
- * Usage: sseload HOST PORT PATH CLIENTS SECONDS [--warmup S] [--check-ids] [--source-ips N]
- *        [--connect-timeout S]   (default 20: measure anyway once it passes)
+ * Usage: sseload HOST PORT PATH CLIENTS SECONDS [--warmup S] [--check-ids | --check-seq]
+ *        [--source-ips N] [--connect-timeout S]   (default 20: measure anyway once it passes)
+ *        [--start-at NS]   (measure from this CLOCK_REALTIME ns at the earliest, e.g. a fixed
+ *                           point of a replay; the warm-up still runs first)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -63,12 +66,13 @@ static conn_t *conns;
 static int nconns, started, connected_ok, in_flight;
 static uint32_t *histogram;
 static uint64_t events, bytes_in, disconnects, resets, gaps, repeats, closed_early, errors;
-static int measuring, check_ids;
+static int measuring, check_ids, check_seq;
 static int64_t now_read_ns;
 static char cached_prefix[20];
 static int64_t cached_secs;
 static struct sockaddr_in target;
 static int source_ips = 1;
+static int64_t start_at_ns; /* CLOCK_REALTIME; 0 = ready + warm-up */
 static const char *req_host, *req_path;
 
 static int64_t now_ns(clockid_t clock) {
@@ -115,8 +119,32 @@ static int64_t parse_rfc3339(const char *s, const char *end) {
     return cached_secs * 1000000000LL + frac;
 }
 
+/* A gap or a repeat when ``id`` does not follow the connection's previous one. */
+static void check_next(conn_t *c, uint64_t id) {
+    if (measuring && c->last_id) {
+        if (id > c->last_id + 1) gaps += id - c->last_id - 1;
+        if (id <= c->last_id) repeats++;
+    }
+    c->last_id = id;
+}
+
+/* The number in "sequence":"N" of a data line; 0 when it has none. */
+static uint64_t data_sequence(const char *line, int len) {
+    static const char key[] = "\"sequence\":\"";
+    const char *at = memmem(line, len, key, sizeof key - 1);
+    uint64_t value = 0;
+    if (!at) return 0;
+    for (const char *p = at + sizeof key - 1; p < line + len && *p >= '0' && *p <= '9'; p++)
+        value = value * 10 + (uint64_t)(*p - '0');
+    return value;
+}
+
 static void on_line(conn_t *c, const char *line, int len) {
     if (len >= 5 && memcmp(line, "data:", 5) == 0) {
+        if (check_seq) {
+            uint64_t sequence = data_sequence(line, len);
+            if (sequence) check_next(c, sequence);
+        }
         if (!measuring) return;
         events++;
         c->events++;
@@ -146,11 +174,7 @@ static void on_line(conn_t *c, const char *line, int len) {
         while (p > line && p[-1] >= '0' && p[-1] <= '9') p--;
         uint64_t id = 0;
         for (; p < line + len; p++) id = id * 10 + (uint64_t)(*p - '0');
-        if (measuring && c->last_id) {
-            if (id > c->last_id + 1) gaps += id - c->last_id - 1;
-            if (id <= c->last_id) repeats++;
-        }
-        c->last_id = id;
+        check_next(c, id);
     }
 }
 
@@ -314,6 +338,16 @@ static void on_readable(int ep, conn_t *c, char *buf) {
     }
 }
 
+/* When the window opens: ``warmup`` after ``ready`` (monotonic), or at --start-at if later. */
+static int64_t window_start(int64_t ready, double warmup) {
+    int64_t start = ready + (int64_t)(warmup * 1e9);
+    if (start_at_ns) {
+        int64_t at = ready + (start_at_ns - now_ns(CLOCK_REALTIME));
+        if (at > start) start = at;
+    }
+    return start;
+}
+
 static int arg_index(int argc, char **argv, const char *name) {
     for (int i = 6; i < argc; i++)
         if (strcmp(argv[i], name) == 0) return i;
@@ -323,8 +357,8 @@ static int arg_index(int argc, char **argv, const char *name) {
 int main(int argc, char **argv) {
     if (argc < 6) {
         fprintf(stderr,
-                "usage: %s HOST PORT PATH CLIENTS SECONDS [--warmup S] [--check-ids] "
-                "[--source-ips N]\n",
+                "usage: %s HOST PORT PATH CLIENTS SECONDS [--warmup S] [--check-ids | --check-seq] "
+                "[--source-ips N] [--connect-timeout S]\n",
                 argv[0]);
         return 2;
     }
@@ -338,9 +372,12 @@ int main(int argc, char **argv) {
     if ((k = arg_index(argc, argv, "--warmup")) && k + 1 < argc) warmup = atof(argv[k + 1]);
     if ((k = arg_index(argc, argv, "--source-ips")) && k + 1 < argc) source_ips = atoi(argv[k + 1]);
     check_ids = arg_index(argc, argv, "--check-ids") != 0;
+    check_seq = arg_index(argc, argv, "--check-seq") != 0;
     double connect_timeout = 20.0;
     if ((k = arg_index(argc, argv, "--connect-timeout")) && k + 1 < argc)
         connect_timeout = atof(argv[k + 1]);
+    if ((k = arg_index(argc, argv, "--start-at")) && k + 1 < argc)
+        start_at_ns = strtoll(argv[k + 1], NULL, 10);
 
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
@@ -367,7 +404,7 @@ int main(int argc, char **argv) {
     struct epoll_event *evs = calloc(4096, sizeof *evs);
 
     int64_t t0 = now_ns(CLOCK_MONOTONIC);
-    int64_t ready_at = 0, measure_start = 0, measure_end = 0;
+    int64_t ready_at = 0, measure_start = 0, measure_end = 0, window_start_unix_ns = 0;
     double cpu_start = 0;
     int64_t deadline_connect = t0 + (int64_t)(connect_timeout * 1e9);
     for (;;) {
@@ -395,14 +432,14 @@ int main(int argc, char **argv) {
             for (int i = 0; i < nconns; i++) pending += conns[i].state == ST_HEADERS;
             if (!pending) {
                 ready_at = now;
-                measure_start = now + (int64_t)(warmup * 1e9);
+                measure_start = window_start(now, warmup);
                 fprintf(stderr, "ready %d\n", connected_ok);
                 fflush(stderr);
             }
         }
         if (!ready_at && now > deadline_connect) {
             ready_at = now;
-            measure_start = now + (int64_t)(warmup * 1e9);
+            measure_start = window_start(now, warmup);
             fprintf(stderr, "ready %d (connect deadline passed)\n", connected_ok);
             fflush(stderr);
         }
@@ -410,6 +447,7 @@ int main(int argc, char **argv) {
             measuring = 1;
             cpu_start = cpu_seconds();
             measure_start = now;
+            window_start_unix_ns = now_ns(CLOCK_REALTIME);
         }
         if (measuring && now >= measure_start + (int64_t)(seconds * 1e9)) {
             measuring = 0;
@@ -442,13 +480,14 @@ int main(int argc, char **argv) {
            "\"p50_ms\": %.2f, \"p90_ms\": %.2f, \"p99_ms\": %.2f, \"max_ms\": %.2f, "
            "\"clients_with_no_events\": %llu, \"never_answered\": %llu, \"closed_early\": %llu, \"errors\": %llu, "
            "\"disconnect_events\": %llu, \"reset_events\": %llu, \"id_gaps\": %llu, "
-           "\"id_repeats\": %llu, \"load_client_cpu\": %.2f, \"load_client_saturated\": %s}\n",
+           "\"id_repeats\": %llu, \"load_client_cpu\": %.2f, \"load_client_saturated\": %s, "
+           "\"window_start_unix_ns\": %lld}\n",
            nconns, connected_ok, wall, (unsigned long long)events, events / wall,
            bytes_in / wall / 1e6, (unsigned long long)total, value_ms[0], value_ms[1],
            value_ms[2], value_ms[3], (unsigned long long)silent, (unsigned long long)waiting,
            (unsigned long long)closed_early, (unsigned long long)errors,
            (unsigned long long)disconnects, (unsigned long long)resets,
            (unsigned long long)gaps, (unsigned long long)repeats, cpu / wall,
-           cpu / wall > 0.9 ? "true" : "false");
+           cpu / wall > 0.9 ? "true" : "false", (long long)window_start_unix_ns);
     return 0;
 }
