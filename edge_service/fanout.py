@@ -14,6 +14,7 @@ Python on this 2-core machine on top of the kernel's write; the steady pass cost
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from .delivery import Flusher, chunk_frame
@@ -22,22 +23,38 @@ from .upstream import TickDispatch
 
 
 class FanOut:
-    """The clients of ``source`` with types ``kinds``; the source's one listener for them."""
+    """The clients of ``source`` with types ``kinds``; the source's one listener for them.
 
-    __slots__ = ("_flusher", "kinds", "members", "source")
+    Dispatches are written at the end of the event loop's turn, all that arrived in it together:
+    under load one pass carries many dispatches (one write per client, not one per dispatch),
+    and a pass never waits for anything but the dispatches already in hand.
+    """
+
+    __slots__ = ("_flusher", "_pending", "kinds", "members", "source")
 
     def __init__(self, source: Any, kinds: frozenset[str], flusher: Flusher) -> None:
         self.source = source
         self.kinds = kinds
         self.members: set[ClientSession] = set()
         self._flusher = flusher
+        self._pending: list[TickDispatch] = []
 
     def on_ticks(self, source: Any, dispatch: TickDispatch) -> None:
-        frames, count = dispatch.frames(self.kinds)
-        framed = chunk_frame(frames) if count else b""
-        ticks = dispatch.ticks
-        first = ticks[0].offset if ticks else source.watermark + 1
-        epoch, watermark = source.epoch, source.watermark
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.write)
+        self._pending.append(dispatch)
+
+    def write(self) -> None:
+        """The pass: every pending dispatch to every member, in order."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        kinds = self.kinds
+        parts = [dispatch.frames(kinds) for dispatch in pending]
+        count = sum(n for _, n in parts)
+        framed = chunk_frame(b"".join(f for f, _ in parts)) if count else b""
+        first = next((d.ticks[0].offset for d in pending if d.ticks), None)
+        last = pending[-1]
         writes = 0
         for session in list(self.members):
             outbox = session.outbox
@@ -47,28 +64,32 @@ class FanOut:
                 and not outbox.queued_bytes
                 and not outbox.ended
                 and session.live
-                and session.epoch == epoch
-                and session.cursor < first
+                and session.epoch == last.epoch
+                and (first is None or session.cursor < first)
                 and sink.writable()
             ):
                 if count:
                     sink.write_framed(framed)
                     outbox.active = True
                     writes += 1
-                session.cursor = watermark
+                session.cursor = last.watermark
             else:
-                session.on_ticks(source, dispatch)
-        self._flusher.count(writes, writes * count, dispatch.ingest_ns)
+                for dispatch in pending:
+                    session.on_ticks(self.source, dispatch)
+        self._flusher.count(writes, writes * count, pending[0].ingest_ns)
 
     def on_reset(self, source: Any, reason: str, message: str, symbols: list[str]) -> None:
+        self.write()  # ticks before the reset go first
         for session in list(self.members):
             session.on_reset(source, reason, message, symbols)
 
     def on_status(self, source: Any, frame: bytes) -> None:
+        self.write()
         for session in list(self.members):
             session.on_status(source, frame)
 
     def on_closed(self, source: Any, reason: str) -> None:
+        self.write()
         for session in list(self.members):
             session.on_closed(source, reason)
 

@@ -46,13 +46,23 @@ class SymbolMerge:
             u.symbol: _SymbolState(u.epoch, u.watermark, start=u.watermark) for u in upstreams
         }
         self.watermark = min(u.watermark for u in upstreams)
+        # The latest released tick of each (symbol, kind): snapshots agree with what follows
+        # them. At the start each symbol's stream begins after its upstream's watermark, so the
+        # upstream's latest ticks are the merge's too.
+        self._latest = {
+            (tick.symbol, tick.kind): tick
+            for u in upstreams
+            for tick in u.snapshot(("trade", "quote"))
+        }
         self.closed_reason: str | None = None
         # A feed restart seen by some of our upstreams: (new epoch, reason, message).
         self._epoch_change: tuple[str, str, str] | None = None
 
     def snapshot(self, kinds: Iterable[str]) -> list[EncodedTick]:
-        """The latest tick of each kind of each symbol, in offset order."""
-        latest = [tick for u in self.upstreams for tick in u.snapshot(kinds)]
+        """The latest released tick of each kind of each symbol, in offset order: a client
+        joining now gets, after it, exactly the ticks released later."""
+        wanted = set(kinds)
+        latest = [tick for (_, kind), tick in self._latest.items() if kind in wanted]
         return sorted(latest, key=lambda t: t.offset)
 
     def stale_frames(self) -> list[bytes]:
@@ -112,6 +122,7 @@ class SymbolMerge:
             return
         self._epoch_change = None
         self.epoch = epoch
+        self._latest.clear()
         self.watermark = max(s.reset_head for s in states)
         for state in states:
             state.pending = deque(t for t in state.pending if t.offset > self.watermark)
@@ -140,7 +151,10 @@ class SymbolMerge:
         if not ticks and limit <= self.watermark:
             return
         self.watermark = max(self.watermark, limit)
-        dispatch = TickDispatch(ticks)
+        latest = self._latest
+        for tick in ticks:
+            latest[(tick.symbol, tick.kind)] = tick
+        dispatch = TickDispatch(ticks, self.epoch, self.watermark)
         for listener in list(self.listeners):
             listener.on_ticks(self, dispatch)
 

@@ -60,6 +60,7 @@ class ClientSession:
         # While catching up: live ticks held from the source, and its watermark when holding began.
         self._buffer: deque[EncodedTick] | None = None
         self._buffer_start = 0
+        self._seen = 0  # while catching up: the watermark of the last dispatch buffered
         self._catchup_limit = catchup_limit
         self._catchup_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -90,6 +91,7 @@ class ClientSession:
         """Resume after ``start`` (a Cursor or ``earliest``) through a private catch-up stream."""
         self._follow(source)
         self._buffer, self._buffer_start = deque(), source.watermark
+        self._seen = source.watermark
         self.live = False
         self._metrics.catchups.inc()
         self._catchup_task = asyncio.create_task(
@@ -129,12 +131,13 @@ class ClientSession:
     def on_ticks(self, source: TickSource, dispatch: TickDispatch) -> None:
         kinds = self.kinds
         if self._buffer is not None:
+            self._seen = dispatch.watermark
             self._buffer.extend(t for t in dispatch.ticks if t.kind in kinds)
             if len(self._buffer) > self._catchup_limit:
                 self._buffer.clear()
-                self._buffer_start = source.watermark
+                self._buffer_start = dispatch.watermark
             return
-        if source.epoch != self.epoch:
+        if dispatch.epoch != self.epoch:
             return
         ticks = dispatch.ticks
         if (ticks and ticks[0].offset <= self.cursor) or self.outbox.behind:
@@ -147,12 +150,12 @@ class ClientSession:
             frames, count = dispatch.frames(kinds)
             if count:
                 self.outbox.push(frames, count, dispatch.ingest_ns)
-        self.cursor = max(self.cursor, source.watermark)
+        self.cursor = max(self.cursor, dispatch.watermark)
 
     def on_reset(self, source: TickSource, reason: str, message: str, symbols: list[str]) -> None:
         if self._buffer is not None:
             self._buffer.clear()
-            self._buffer_start = source.watermark
+            self._buffer_start = self._seen = source.watermark
             return
         if source.epoch != self.epoch:
             # The feed restarted: the client's state is stale; go on from the new head.
@@ -238,7 +241,8 @@ class ClientSession:
         for tick in buffered:
             if tick.offset > self.cursor:
                 self._push_tick(tick)
-        self.cursor = max(self.cursor, source.watermark)
+        # Not source.watermark: a dispatch still on its way (fanout) holds ticks beyond _seen.
+        self.cursor = max(self.cursor, self._seen)
         return True
 
     # ----- teardown ----------------------------------------------------------------------

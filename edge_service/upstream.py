@@ -44,16 +44,18 @@ class UpstreamUnavailable(Exception):
 
 
 class TickDispatch:
-    """The live ticks an upstream hands its listeners at once, in offset order.
+    """The live ticks a source hands its listeners at once, in offset order, and where the
+    source stood after them: every tick up to ``watermark`` in ``epoch`` was dispatched.
 
     ``frames(kinds)`` joins the SSE bytes of the ticks of ``kinds`` once per dispatch; every
-    single-symbol client of those kinds shares the result.
+    client of those kinds shares the result.
     """
 
-    __slots__ = ("_frames", "ingest_ns", "ticks")
+    __slots__ = ("_frames", "epoch", "ingest_ns", "ticks", "watermark")
 
-    def __init__(self, ticks: list[EncodedTick]) -> None:
+    def __init__(self, ticks: list[EncodedTick], epoch: str | None, watermark: int) -> None:
         self.ticks = ticks
+        self.epoch, self.watermark = epoch, watermark
         self.ingest_ns = ticks[0].ingest_ns if ticks else 0  # of the oldest tick
         self._frames: dict[frozenset[str], tuple[bytes, int]] = {}
 
@@ -359,7 +361,7 @@ class SymbolUpstream:
         if not (live or progressed):
             return
         self._position = (self.epoch, self.watermark)
-        dispatch = TickDispatch(live)
+        dispatch = TickDispatch(live, self.epoch, self.watermark)
         for listener in list(self.listeners):
             listener.on_ticks(self, dispatch)
 

@@ -40,7 +40,7 @@ class FakeUpstream:
 
     def deliver(self, ticks: list[EncodedTick], watermark: int) -> None:
         self.watermark = watermark
-        dispatch = TickDispatch(ticks)
+        dispatch = TickDispatch(ticks, self.epoch, watermark)
         for listener in list(self.listeners):
             listener.on_ticks(self, dispatch)
 

@@ -71,3 +71,17 @@ def test_feed_restart_on_two_symbols_resets_after_the_later_restart_point() -> N
     a.deliver(trades(a, [7]), watermark=7)
     b.deliver([], watermark=7)
     assert offsets_sent(client) == [7]
+
+
+def test_a_snapshot_holds_only_released_ticks_so_what_follows_it_continues() -> None:
+    a, b = FakeUpstream("A", watermark=0), FakeUpstream("B", watermark=0)
+    merge = merged(a, b)
+    a.deliver(trades(a, [1]), watermark=1)
+    b.deliver([], watermark=1)  # 1 released
+    held = trades(a, [2])
+    a.latest["trade"] = held[0]  # the upstream is ahead of the merge
+    a.deliver(held, watermark=2)
+    assert [t.offset for t in merge.snapshot(["trade"])] == [1], "2 is not released yet"
+    client = joined(merge)
+    b.deliver([], watermark=2)
+    assert offsets_sent(client) == [2]

@@ -82,8 +82,7 @@ def test_a_client_behind_gets_quotes_conflated_and_every_trade() -> None:
 def test_clients_of_the_same_types_share_one_joined_write() -> None:
     a = FakeUpstream("A")
     first, second = live(a, ["A"]), live(a, ["A"])
-    dispatch = TickDispatch(trades(a, [1, 2]))
-    a.watermark = 2
+    dispatch = TickDispatch(trades(a, [1, 2]), a.epoch, 2)
     for client in (first, second):
         client.on_ticks(a, dispatch)
     assert written(first) is written(second), "the same bytes object, joined once"
