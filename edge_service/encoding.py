@@ -298,6 +298,7 @@ def encode_control(
     ).encode()
 
 
+@lru_cache(maxsize=8)
 def encode_preamble(retry_ms: int) -> bytes:
     """The stream's first bytes: a comment and the ``retry:`` reconnection hint."""
     return ServerSentEvent(comment="tickstream", retry=retry_ms, sep=SEP).encode()

@@ -43,7 +43,8 @@ class EdgeState:
             )
 
 
-def edge_state(request: Request) -> EdgeState:
-    """The dependency the routes take their :class:`EdgeState` from."""
+async def edge_state(request: Request) -> EdgeState:
+    """The dependency the routes take their :class:`EdgeState` from (async: FastAPI runs a
+    plain function dependency in a worker thread, two thread hops per stream set-up)."""
     state: EdgeState = request.state.edge
     return state

@@ -411,6 +411,10 @@ class UpstreamPool:
         closed by the feed.
         """
         upstreams = [self._open(symbol) for symbol in symbols]
+        if all(u.ready.is_set() and u.closed_reason is None for u in upstreams) and (
+            len({u.epoch for u in upstreams}) == 1
+        ):
+            return upstreams  # the common case: nothing to wait for
         for symbol in symbols:
             self._waiting[symbol] = self._waiting.get(symbol, 0) + 1
         try:
