@@ -41,6 +41,23 @@ class ClientSession:
     what is to be written. ``symbols`` are validated, ``kinds`` a subset of {"trade", "quote"}.
     """
 
+    __slots__ = (
+        "_buffer",
+        "_buffer_start",
+        "_catchup_limit",
+        "_catchup_task",
+        "_closed",
+        "_metrics",
+        "_seen",
+        "cursor",
+        "epoch",
+        "kinds",
+        "live",
+        "outbox",
+        "source",
+        "symbols",
+    )
+
     def __init__(
         self,
         symbols: list[str],
