@@ -109,6 +109,17 @@ def backoff_delay(attempt: int) -> float:
 _CONNECTED = object()  # inbox marker: the next message opens a new call
 
 
+def subscribe_request(symbol: str, position: tuple[str | None, int]) -> feed_pb2.SubscribeRequest:
+    """An upstream's Subscribe: the live edge with a snapshot at first, then, once it has a
+    ``position`` (epoch, watermark), after it (a resume; the feed answers a reset if it can't)."""
+    request = feed_pb2.SubscribeRequest(symbols=[symbol], snapshot=True, progress_updates=True)
+    epoch, watermark = position
+    if epoch is not None:
+        request.after.epoch = epoch
+        request.after.offset = watermark
+    return request
+
+
 class SymbolUpstream:
     """The edge's single subscription to one symbol, shared by every client of that symbol.
 
@@ -166,7 +177,7 @@ class SymbolUpstream:
             target=self._read_forever, name=f"upstream-{self.symbol}", daemon=True
         )
         self._thread.start()
-        self._watchdog = asyncio.create_task(self._watch(), name=f"watchdog-{self.symbol}")
+        self._watchdog = asyncio.create_task(_watch_stalls(self), name=f"watchdog-{self.symbol}")
 
     async def stop(self) -> None:
         """Cancel the stream and wait (bounded) for the reader thread to end."""
@@ -194,16 +205,6 @@ class SymbolUpstream:
 
     # ----- reader thread -------------------------------------------------------------------
 
-    def _request(self) -> feed_pb2.SubscribeRequest:
-        request = feed_pb2.SubscribeRequest(
-            symbols=[self.symbol], snapshot=True, progress_updates=True
-        )
-        epoch, watermark = self._position
-        if epoch is not None:
-            request.after.epoch = epoch
-            request.after.offset = watermark
-        return request
-
     def _post(self, item: object) -> None:
         """Queue ``item`` for the loop (reader thread), waiting while the inbox is full."""
         while not self._room.acquire(timeout=0.5):
@@ -221,7 +222,7 @@ class SymbolUpstream:
     def _read_forever(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
-            call = self._stub.Subscribe(self._request())
+            call = self._stub.Subscribe(subscribe_request(self.symbol, self._position))
             self._call = call
             self._post(_CONNECTED)
             try:
@@ -246,18 +247,6 @@ class SymbolUpstream:
             attempt += 1
 
     # ----- event loop ----------------------------------------------------------------------
-
-    async def _watch(self) -> None:
-        """Cancel a call that stays silent past ``stall_timeout`` (the feed heartbeats every
-        second): a SIGSTOPped feed or a black-holed link; the reader thread then reconnects."""
-        assert self._loop is not None
-        while True:
-            await asyncio.sleep(min(1.0, self._stall_timeout / 2))
-            silent = self._loop.time() - self._last_message
-            if silent > self._stall_timeout and self._call is not None:
-                log.warning("upstream %s: no message for %.1fs; reconnecting", self.symbol, silent)
-                self._last_message = self._loop.time()
-                self._call.cancel()
 
     def _drain(self) -> None:
         """Handle up to DRAIN_LIMIT queued messages, dispatching their live ticks once; another
@@ -371,6 +360,21 @@ class SymbolUpstream:
         self.ready.set()
         for listener in list(self.listeners):
             listener.on_closed(self, f"{self.symbol}: {reason}")
+
+
+async def _watch_stalls(upstream: SymbolUpstream) -> None:
+    """Cancel ``upstream``'s call when it stays silent past its stall timeout (the feed
+    heartbeats every second): a SIGSTOPped feed or a black-holed link; the reader thread then
+    reconnects."""
+    loop = asyncio.get_running_loop()
+    timeout = upstream._stall_timeout
+    while True:
+        await asyncio.sleep(min(1.0, timeout / 2))
+        silent = loop.time() - upstream._last_message
+        if silent > timeout and upstream._call is not None:
+            log.warning("upstream %s: no message for %.1fs; reconnecting", upstream.symbol, silent)
+            upstream._last_message = loop.time()
+            upstream._call.cancel()
 
 
 class UpstreamPool:
