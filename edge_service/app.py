@@ -11,19 +11,38 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Scope
 
-from . import info, streams
+from . import info, stream_app, streams
 from .auth import TokenVerifier
 from .config import EdgeSettings
+from .delivery import Receive, Send
 from .feed_client import FeedClient, channel_credentials
 from .limits import RequestSizeLimit, StreamLimits
 from .merge import MergePool
 from .metrics import EdgeMetrics
 from .problems import Problem, handle_http_exception, handle_problem, handle_validation_error
 from .registry import StreamRegistry
-from .response import EdgeApp
+from .response import RAW_SEND
 from .state import EdgeState
 from .upstream import UpstreamPool
+
+
+class EdgeApp(FastAPI):
+    """FastAPI, with the SSE streams served beside it (:mod:`edge_service.stream_app`) through
+    the same middleware; keeps the server's own ``send`` in the scope for the streams' writes."""
+
+    _streams: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        if stream_app.stream_path(scope) is None:
+            await super().__call__(scope, receive, send)
+            return
+        if self._streams is None:  # the middleware list is final once serving
+            self._streams = stream_app.build(self.user_middleware)
+        scope["app"] = self
+        await self._streams(scope, receive, send)
 
 
 def create_app(settings: EdgeSettings) -> EdgeApp:
@@ -59,8 +78,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     app.add_exception_handler(Problem, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
-    app.include_router(streams.router)  # documented in the OpenAPI document
-    app.router.routes[0:0] = streams.FAST_ROUTES  # and served by these, matched first
+    app.include_router(streams.router)  # documented in the OpenAPI document, served by EdgeApp
     app.include_router(info.router)
     return app
 

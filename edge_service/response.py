@@ -6,22 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI
 from starlette.responses import Response
 
 from .delivery import AsgiConnection, DirectConnection, Receive, Send
 from .registry import Stream, StreamRegistry
 
 RAW_SEND = "tickstream.raw_send"
-"""Scope key of the server's own ``send``, before any middleware wraps it."""
-
-
-class EdgeApp(FastAPI):
-    """FastAPI, keeping the server's own ``send`` in the scope for the streaming routes."""
-
-    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
-        scope[RAW_SEND] = send
-        await super().__call__(scope, receive, send)
+"""Scope key of the server's own ``send``, before any middleware wraps it (set by the app)."""
 
 
 class SseResponse(Response):

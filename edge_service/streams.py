@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 
 from . import fanout
 from .auth import Grant, authorize, cookie_header, token_of
@@ -118,62 +116,6 @@ async def sse_many(
     edge: Edge,
 ) -> Response:
     return await open_stream(request, edge, symbols, options)
-
-
-# ----- the same two routes without FastAPI's request binding ----------------------------------
-# The routes above are what the OpenAPI document describes; requests are served by these plain
-# Starlette endpoints, matched first, which read the same parameters by hand. FastAPI's
-# dependency solving and parameter binding cost about 0.45 ms of CPU per stream set-up on this
-# machine, half of all the edge spends on one (py-spy, 4,000 connects; issue 11's target is 0.3).
-BOOLEANS = {
-    **dict.fromkeys(("1", "on", "t", "true", "y", "yes"), True),
-    **dict.fromkeys(("0", "off", "f", "false", "n", "no"), False),
-}
-
-
-def _invalid(field: str, message: str) -> Problem:
-    """The 422 problem FastAPI's validation gives (``handle_validation_error``'s shape)."""
-    loc = ["query", field]
-    return Problem(
-        422,
-        "invalid-request",
-        "Invalid request",
-        f"{'.'.join(loc)}: {message}",
-        errors=[{"loc": loc, "msg": message}],
-    )
-
-
-def _query_options(request: Request) -> StreamOptions:
-    """:func:`stream_options` read from the request; Problem 422 for a snapshot that is no
-    boolean."""
-    query = request.query_params
-    snapshot = query.get("snapshot")
-    if snapshot is None:
-        flag = False
-    elif (flag := BOOLEANS.get(snapshot.lower())) is None:  # type: ignore[assignment]
-        raise _invalid("snapshot", "Input should be a valid boolean, unable to interpret input")
-    last_event_id = request.headers.get("last-event-id") or query.get("last_event_id")
-    return StreamOptions(query.getlist("types") or None, flag, last_event_id)
-
-
-async def _serve_one(request: Request) -> Response:
-    if request.method != "GET":
-        raise StarletteHTTPException(405, headers={"Allow": "GET"})
-    symbol = request.path_params["symbol"]
-    return await open_stream(request, request.state.edge, [symbol], _query_options(request))
-
-
-async def _serve_many(request: Request) -> Response:
-    if request.method != "GET":
-        raise StarletteHTTPException(405, headers={"Allow": "GET"})
-    symbols = request.query_params.getlist("symbols")
-    if not symbols:
-        raise _invalid("symbols", "Field required")
-    return await open_stream(request, request.state.edge, symbols, _query_options(request))
-
-
-FAST_ROUTES = [Route("/sse/{symbol}", _serve_one), Route("/sse", _serve_many)]
-"""Put these before :data:`router`'s routes in the app."""
 
 
 async def open_stream(
