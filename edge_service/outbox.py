@@ -81,7 +81,9 @@ class Outbox:
         metrics: EdgeMetrics,
         on_ready: Callable[[Outbox], None],
     ) -> None:
-        self._queue: deque[tuple[bytes, int, int] | _QuoteSlot] = deque()
+        # Made on the first push: an empty deque costs about 600 bytes, and most streams
+        # never queue (the fan-out writes steady clients directly).
+        self._queue: deque[tuple[bytes, int, int] | _QuoteSlot] | None = None
         self.queued = 0  # events queued (an entry may hold several)
         self.queued_bytes = 0
         self._event_limit = event_limit
@@ -108,7 +110,7 @@ class Outbox:
         none). Ignored once the stream has ended."""
         if self.ended:
             return
-        self._queue.append((frames, count, ingest_ns))
+        self._entries().append((frames, count, ingest_ns))
         self._account(count, len(frames))
 
     def push_quote(self, symbol: str, frame: bytes, ingest_ns: int) -> None:
@@ -124,8 +126,14 @@ class Outbox:
             slot.frame = None
             self._metrics.conflated.inc()
         slot = self._conflating[symbol] = _QuoteSlot(frame, ingest_ns)
-        self._queue.append(slot)
+        self._entries().append(slot)
         self._account(1, len(frame))
+
+    def _entries(self) -> deque[tuple[bytes, int, int] | _QuoteSlot]:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        return queue
 
     def _account(self, count: int, size: int) -> None:
         self.queued += count
@@ -163,7 +171,7 @@ class Outbox:
         ``retry_ms`` adds a ``retry:`` field telling the client when to reconnect."""
         if self.ended:
             return
-        if drop_queued or retry_ms is not None:
+        if (drop_queued or retry_ms is not None) and self._queue:
             self._queue.clear()
             self.queued = self.queued_bytes = 0
         self._metrics.disconnects.labels(reason).inc()
@@ -178,7 +186,7 @@ class Outbox:
     def take(self, limit: int = WRITE_LIMIT) -> tuple[bytes, int, int]:
         """The next write: queued bytes up to about ``limit``, how many events they hold and the
         ingest time of the oldest tick among them (0: none). Empty when nothing is queued."""
-        queue = self._queue
+        queue = self._entries()
         if len(queue) == 1 and type(entry := queue[0]) is tuple:
             queue.clear()
             chunk, count, ingest_ns = entry
