@@ -160,13 +160,19 @@ class ServerStartError(RuntimeError):
     """A server process exited before it was ready; the message ends with its log's tail."""
 
 
-def wait_http(url: str, timeout: float = 30, proc: Proc | None = None) -> None:
-    """Until ``url`` answers 200; ServerStartError when ``proc`` exits first."""
+def wait_http(url: str, timeout: float = 30, proc: Proc | None = None, workers: int = 1) -> None:
+    """Until ``url`` answers 200 (from ``workers`` distinct edge workers, told apart by their
+    ``X-Edge-Worker`` header: a worker not yet ready would refuse the first clients it is
+    given); ServerStartError when ``proc`` exits first."""
     deadline = time.monotonic() + timeout
+    ready: set[str] = set()
     while True:
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            response = httpx.get(url, timeout=2)
+            if response.status_code == 200:
+                ready.add(response.headers.get("x-edge-worker", ""))
+                if len(ready) >= workers:
+                    return
         except httpx.HTTPError:
             pass
         if proc is not None and proc.popen.poll() is not None:

@@ -184,7 +184,7 @@ class Tickstream(Server):
         self.procs = [feed, edge]
         self.feed_pid, self.memory_pids, self.own_pids = feed.pid, [edge.pid], [edge.pid]
         try:
-            wait_http(f"http://127.0.0.1:{self.port}/readyz", proc=edge)
+            wait_http(f"http://127.0.0.1:{self.port}/readyz", proc=edge, workers=workers)
         except Exception:
             self.stop()
             raise

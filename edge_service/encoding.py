@@ -299,6 +299,7 @@ def encode_control(
 
 
 @lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def encode_preamble(retry_ms: int) -> bytes:
     """The stream's first bytes: a comment and the ``retry:`` reconnection hint."""
     return ServerSentEvent(comment="tickstream", retry=retry_ms, sep=SEP).encode()

@@ -15,6 +15,14 @@ RAW_SEND = "tickstream.raw_send"
 """Scope key of the server's own ``send``, before any middleware wraps it (set by the app)."""
 
 
+STREAM_HEADERS = (
+    (b"cache-control", b"no-cache"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),  # nginx: pass each event on at once
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+)
+
+
 class SseResponse(Response):
     """``text/event-stream``: ``preamble`` first, then whatever the stream's outbox gets, until
     it ends (a final ``disconnect`` event) or the client leaves. The stream is removed from
@@ -29,10 +37,12 @@ class SseResponse(Response):
         preamble: bytes,
         headers: Mapping[str, str],
     ) -> None:
-        # Not Response.__init__: without a body, no content-length (the body is chunked).
+        # Not Response.__init__: without a body, no content-length (the body is chunked); and
+        # the fixed headers encoded once, not per stream.
         self.status_code = 200
         self.background = None
-        self.init_headers({**headers, "Connection": "keep-alive", "X-Accel-Buffering": "no"})
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.raw_headers = [*extra, *STREAM_HEADERS]
         self._stream, self._registry, self._preamble = stream, registry, preamble
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:

@@ -75,6 +75,8 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
 def query_options(request: Request) -> StreamOptions:
     """The shared query parameters (see :func:`streams.stream_options`) read from ``request``;
     Problem 422 for a snapshot that is no boolean."""
+    if not request.scope["query_string"]:  # the common case: nothing to parse
+        return StreamOptions(None, False, request.headers.get("last-event-id"))
     query = request.query_params
     snapshot = query.get("snapshot")
     if snapshot is None:

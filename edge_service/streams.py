@@ -211,7 +211,7 @@ def _respond(
         session.begin_live(source, snapshot, reset)
     else:
         session.begin_resume(source, start, snapshot, edge.feed.stub)
-    headers = {"Cache-Control": "no-cache"}
+    headers: dict[str, str] = {}
     if grant is not None:
         expiry = _end_at_expiry(session, grant)
         token, from_query = token_of(request)
