@@ -139,41 +139,47 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         finally:
             self._metrics.active_subscriptions.dec()
 
-    def _reset(self, reason: int, message: str) -> feed_pb2.SubscribeResponse:
+    def _reset(self, reason: int, message: str, cursor: int) -> feed_pb2.SubscribeResponse:
+        """A Reset saying the stream goes on with the ticks after ``cursor``."""
         self._metrics.resets.labels(feed_pb2.ResetReason.Name(reason)).inc()
         return feed_pb2.SubscribeResponse(
             reset=feed_pb2.Reset(
-                reason=reason,
-                message=message,
-                epoch=self._hub.epoch,
-                head_offset=self._hub.head_offset,
+                reason=reason, message=message, epoch=self._hub.epoch, head_offset=cursor
             )
         )
 
     def _start_cursor(
         self, plan: SubscriptionPlan
     ) -> tuple[int, feed_pb2.SubscribeResponse | None]:
-        """The offset after which the stream starts, and the Reset to send first, if any."""
+        """The offset after which the stream starts, and the Reset to send first, if any.
+
+        A position from another epoch (the feed restarted) goes on from the oldest tick of this
+        epoch that the history holds, so nothing published since the restart is skipped."""
         hub, history = self._hub, self._hub.history
         head = history.head_offset
+        oldest = max(0, history.earliest_offset - 1)
         if plan.start == "earliest":
-            return max(0, history.earliest_offset - 1), None
+            return oldest, None
         if plan.after is None:
             return head, None
         if plan.after.epoch != hub.epoch:
-            return head, self._reset(
+            return oldest, self._reset(
                 feed_pb2.RESET_REASON_EPOCH_CHANGED,
                 f"epoch {_shown(plan.after.epoch)} is not the feed's epoch {hub.epoch}",
+                oldest,
             )
         offset = plan.after.offset
         if offset > head:
             return head, self._reset(
-                feed_pb2.RESET_REASON_OFFSET_AHEAD, f"offset {offset} is ahead of head {head}"
+                feed_pb2.RESET_REASON_OFFSET_AHEAD,
+                f"offset {offset} is ahead of head {head}",
+                head,
             )
         if not history.covers_after(offset):
             return head, self._reset(
                 feed_pb2.RESET_REASON_OFFSET_TOO_OLD,
                 f"offset {offset} is older than the history (earliest {history.earliest_offset})",
+                head,
             )
         return offset, None
 
@@ -190,8 +196,10 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         ]
         if reset is not None:
             opening.append(reset)
-        if plan.snapshot and (plan.start == "live" or reset is not None):
-            # Sent even when empty, so the client knows the snapshot is complete.
+        from_head = cursor == hub.head_offset
+        if plan.snapshot and from_head and (plan.start == "live" or reset is not None):
+            # Sent even when empty, so the client knows the snapshot is complete. Not when the
+            # stream goes on from older ticks (after an epoch change): they come after it.
             opening.append(tick_batch_response(hub.snapshot(plan.symbols, plan.types), cursor))
         opening.extend(
             feed_pb2.SubscribeResponse(status=liveness.status(symbol))
@@ -226,6 +234,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                 yield self._reset(
                     feed_pb2.RESET_REASON_SLOW_CONSUMER,
                     "the subscriber fell behind the retained history",
+                    cursor,
                 )
                 last_sent = clock()
             if liveness.version != status_seen:

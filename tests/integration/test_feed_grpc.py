@@ -103,15 +103,20 @@ async def test_resume_after_offset_continues_exactly(stub: feed_pb2_grpc.FeedSer
 
 
 @pytest.mark.parametrize(
-    ("epoch", "offset", "reason"),
+    ("epoch", "offset", "reason", "goes_on_after"),
     [
-        ("0123456789abcdef", 5, feed_pb2.RESET_REASON_EPOCH_CHANGED),
-        (None, 10**9, feed_pb2.RESET_REASON_OFFSET_AHEAD),
+        # Another epoch: from the oldest tick this epoch's history holds (all of it here).
+        ("0123456789abcdef", 5, feed_pb2.RESET_REASON_EPOCH_CHANGED, 0),
+        (None, 10**9, feed_pb2.RESET_REASON_OFFSET_AHEAD, 67_980),
     ],
     ids=["other-epoch", "ahead"],
 )
 async def test_unusable_resume_point_gets_reset(
-    stub: feed_pb2_grpc.FeedServiceStub, epoch: str | None, offset: int, reason: int
+    stub: feed_pb2_grpc.FeedServiceStub,
+    epoch: str | None,
+    offset: int,
+    reason: int,
+    goes_on_after: int,
 ) -> None:
     current = (await stub.ListSymbols(feed_pb2.ListSymbolsRequest())).epoch
     position = feed_pb2.StreamPosition(epoch=epoch or current, offset=offset)
@@ -121,7 +126,7 @@ async def test_unusable_resume_point_gets_reset(
     assert responses[1].WhichOneof("event") == "reset"
     assert responses[1].reset.reason == reason
     assert responses[1].reset.epoch == current
-    assert responses[1].reset.head_offset == 67_980
+    assert responses[1].reset.head_offset == goes_on_after
 
 
 async def test_resume_older_than_history_gets_reset(small_history_feed: ServiceProcess) -> None:

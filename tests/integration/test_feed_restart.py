@@ -1,10 +1,12 @@
 """A feed killed and restarted under streaming clients: the edge stays up, clients get one
-reset then live ticks, and the reset's id is a complete cursor (issue 3, behaviour 1)."""
+reset then every tick of the new epoch from its first, and the reset's id is a complete cursor
+(issue 3, behaviour 1; issue 12: nothing skipped after a reset)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -88,6 +90,14 @@ async def test_feed_killed_and_restarted_under_clients(
         after = [e.offset for e in out[resets[0] + 1 :] if e.event in TICKS]
         assert before == sorted(set(before)) and after == sorted(set(after))
         assert after[0] > reset.offset, "live ticks continue after the reset's cursor"
+        # Nothing the restarted feed published before the edge reconnected is skipped: each
+        # symbol's trades and quotes go on from sequence 1 of the new epoch.
+        first: dict[tuple[str, str], int] = {}
+        for event in out[resets[0] + 1 :]:
+            if event.event in TICKS:
+                tick = json.loads(event.data)
+                first.setdefault((tick["symbol"], event.event), int(tick["sequence"]))
+        assert set(first.values()) == {1}, first
 
     # The reset's id is a complete cursor: resuming from it gives exactly what the live
     # stream delivered after the reset, nothing skipped.
