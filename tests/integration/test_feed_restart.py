@@ -5,8 +5,8 @@ reset then every tick of the new epoch from its first, and the reset's id is a c
 from __future__ import annotations
 
 import asyncio
-import signal
 import json
+import signal
 from collections.abc import Iterator
 
 import httpx

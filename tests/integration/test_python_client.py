@@ -189,6 +189,32 @@ async def test_feed_restart_reset_then_every_tick_of_the_new_epoch(
     assert after == history, "new epoch: every stored tick once, in order"
 
 
+async def test_new_epoch_live_goes_on_from_the_head(
+    feed: ServiceProcess, follower: list[asyncio.Task[None]]
+) -> None:
+    """``on_new_epoch="live"``: a position of another epoch gives a Reset at the feed's head,
+    then only the ticks stored after it, though the feed itself goes on from its oldest tick."""
+    target = f"127.0.0.1:{feed.port}"
+    events: list[ts.Event] = []
+    async with asyncio.timeout(30):
+        async with ts.Publisher(target) as publisher:
+            for n in range(5):
+                await publisher.publish(draft(n))
+        epoch, history = await stored(feed.port)
+        stream = ts.subscribe(target, [SYMBOL], after=("gone", 2), on_new_epoch="live")
+        follower.append(asyncio.create_task(follow(stream, events)))
+        await wait_until(lambda: len(events) >= 1, 10, "the reset")
+        async with ts.Publisher(target) as publisher:
+            for n in range(5, 8):
+                await publisher.publish(draft(n))
+        await wait_until(lambda: len(ticks_in(events)) == 3, 10, "the ticks after the head")
+    reset = events[0]
+    assert isinstance(reset, ts.Reset)
+    head = int(history[-1]["offset"])
+    assert (reset.reason, reset.epoch, reset.offset) == ("epoch_changed", epoch, head)
+    assert trade_ids(ticks_in(events)) == [5, 6, 7]
+
+
 async def test_symbol_unknown_to_a_restarted_feed_is_waited_for(
     follower: list[asyncio.Task[None]],
 ) -> None:

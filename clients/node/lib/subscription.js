@@ -24,7 +24,9 @@ const bigMax = (a, b) => (BigInt(a) >= BigInt(b) ? String(a) : String(b));
 // When the feed restarted with a new epoch (its history lost), onNewEpoch "replay" (default)
 // yields a reset (epoch_changed) and then every tick the new epoch holds from its first, so
 // ticks a producer resent before this subscriber came back are not skipped; "live" yields the
-// feed's own reset and continues with live ticks, as the edge's SSE streams do.
+// feed's reset at the new epoch's head and continues with the ticks stored after it (the feed
+// itself goes on from the new epoch's oldest tick, as the edge's SSE streams do: the older ones
+// are passed over here).
 //
 // Errors: a status a retry cannot fix (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED,
 // UNAUTHENTICATED...) is thrown from the iterator. NOT_FOUND is retried instead once the stream
@@ -167,9 +169,11 @@ class Subscription {
               `epoch ${this.epoch} is gone (the feed restarted and lost its history); ` +
               `replaying epoch ${beat.epoch} from its start`;
             opening.replay = true;
+          } else if (beat.epoch !== this.epoch) {
+            // onNewEpoch "live": the Reset that follows goes on from the new epoch's oldest
+            // tick; this subscription goes on from its head instead.
+            opening.liveFrom = String(beat.headOffset ?? "0");
           }
-          // Otherwise a resumed stream of another epoch is followed by a Reset (onNewEpoch
-          // "live"): the cursor moves there.
         } else if (beat.epoch === this.epoch) {
           this.offset = bigMax(this.offset, beat.headOffset ?? "0"); // complete through the head
         }
@@ -178,7 +182,7 @@ class Subscription {
       case "reset": {
         const reset = response.reset;
         this.epoch = reset.epoch;
-        this.offset = String(reset.headOffset ?? "0");
+        this.offset = opening.liveFrom ?? String(reset.headOffset ?? "0");
         // A resume point refused at the opening is followed by a snapshot, when asked for one.
         if (opening.index === 1 && reset.reason !== "RESET_REASON_SLOW_CONSUMER") {
           opening.snapshotDue = this.snapshot;

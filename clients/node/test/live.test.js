@@ -90,7 +90,7 @@ test("after {epoch, offset} resumes after it; another epoch gives a reset", opti
   assert.deepEqual([reset.type, reset.reason, reset.epoch, reset.offset], ["reset", "epoch_changed", position.epoch, "0"]);
   assert.deepEqual(reset.symbols, ["LIVE.RESUME"]);
   assert.equal(replayed.tick.trade.price, "1");
-  // onNewEpoch "live": the feed's own reset at its head, as SSE clients get it; live ticks next.
+  // onNewEpoch "live": the feed's reset, moved to its head; the ticks stored after it next.
   const live = subscribe(target, ["LIVE.RESUME"], { after: { epoch: "gone", offset: "2" }, onNewEpoch: "live" });
   const [feedReset] = await take(live, 1);
   assert.equal(feedReset.reason, "epoch_changed");

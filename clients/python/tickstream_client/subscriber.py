@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
@@ -62,7 +63,7 @@ class Subscription:
     none is missed while the feed's history covers the outage; otherwise a :class:`Reset` comes
     first. When the feed restarted with a new epoch, ``on_new_epoch="replay"`` (default) yields
     a Reset (``epoch_changed``) then every tick the new epoch still holds, from its first;
-    ``"live"`` passes on the feed's own Reset, then the ticks stored after the resubscription.
+    ``"live"`` yields a Reset at the new epoch's head, then the ticks stored after it.
 
     Raises :class:`SubscribeError` for terminal statuses: INVALID_ARGUMENT, PERMISSION_DENIED,
     UNAUTHENTICATED, and NOT_FOUND on the first connection (an unknown symbol). NOT_FOUND after
@@ -105,6 +106,7 @@ class Subscription:
         self._channel_options = channel_options
         self._heartbeat_timeout = heartbeat_timeout
         self._on_new_epoch = on_new_epoch
+        self._live_from: int | None = None  # on_new_epoch "live": the new epoch's head
         self._backoff = Backoff()
         self._connected_once = False
         self._replay_note: str | None = None  # set: the next stream replays a new epoch
@@ -226,6 +228,8 @@ class Subscription:
                     self._advance(self._position.epoch, response.ticks.head_offset)
             elif kind == "reset":
                 event = reset_event(response.reset)
+                if self._live_from is not None:  # see _open
+                    event, self._live_from = replace(event, offset=self._live_from), None
                 self._position = Position(event.epoch, event.offset)
                 yield event
             elif kind == "status":
@@ -245,15 +249,15 @@ class Subscription:
             note, self._replay_note = self._replay_note, None
             if note is not None:
                 return Reset("epoch_changed", note, *self._position)
-        elif (
-            self._on_new_epoch == "replay"
-            and self._position is not None
-            and beat.epoch != self._position.epoch
-        ):
-            raise _EpochChanged(
-                f"the feed's epoch is {beat.epoch}, not {self._position.epoch} (it "
-                "restarted and lost its history); replaying the new epoch from its start"
-            )
+        elif self._position is not None and beat.epoch != self._position.epoch:
+            if self._on_new_epoch == "replay":
+                raise _EpochChanged(
+                    f"the feed's epoch is {beat.epoch}, not {self._position.epoch} (it "
+                    "restarted and lost its history); replaying the new epoch from its start"
+                )
+            # "live": the feed's Reset goes on from the new epoch's oldest tick; this
+            # subscription goes on from its head instead (older ticks are passed over).
+            self._live_from = beat.head_offset
         return None
 
     def _take(self, offset: int) -> bool:
