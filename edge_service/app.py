@@ -35,14 +35,19 @@ class EdgeApp(FastAPI):
     _streams: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[RAW_SEND] = send
         if stream_app.stream_path(scope) is None:
             await super().__call__(scope, receive, send)
             return
         if self._streams is None:  # the middleware list is final once serving
             self._streams = stream_app.build(self.user_middleware)
         scope["app"] = self
-        await self._streams(scope, receive, send)
+        scope[RAW_SEND] = send
+        try:
+            await self._streams(scope, receive, send)
+        finally:
+            # uvicorn's cycle holds the scope: without this, scope -> send -> cycle -> scope
+            # is a reference cycle that only the cyclic collector would free.
+            del scope[RAW_SEND]
 
 
 def create_app(settings: EdgeSettings) -> EdgeApp:
