@@ -32,6 +32,7 @@ BOOLEANS = {
     **dict.fromkeys(("0", "off", "f", "false", "n", "no"), False),
 }
 """What FastAPI's bool query parameters accept, lower-cased."""
+NOT_BOOLEAN = "Input should be a valid boolean, unable to interpret input"
 
 
 def stream_path(scope: Scope) -> re.Match[str] | None:
@@ -57,43 +58,56 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     match = SSE_PATH.fullmatch(scope["path"])
     assert match is not None, "routed here by stream_path"
     try:
-        symbol = match.group(1)
-        if symbol is not None:
-            symbols = [symbol]
-        elif not (symbols := request.query_params.getlist("symbols")):
-            raise invalid("symbols", "Field required")
+        symbols, options = read_request(request, match.group(1))
         response: Callable[[Scope, Receive, Send], Any] = await open_stream(
-            request, request.state.edge, symbols, query_options(request)
+            request, request.state.edge, symbols, options
         )
     except Problem as problem:
-        response = problem_response(problem, scope["path"])
+        response = problem_response(problem, request.url.path)
     except StarletteHTTPException as error:
         response = await handle_http_exception(request, error)
     await response(scope, receive, send)
 
 
-def query_options(request: Request) -> StreamOptions:
+def read_request(request: Request, symbol: str | None) -> tuple[list[str], StreamOptions]:
+    """The symbols (``symbol`` from the path, else the ``symbols`` query parameter) and the
+    shared options of ``request``; Problem 422 naming every invalid parameter, in the order
+    FastAPI's validation names them."""
+    errors: list[tuple[str, str]] = []
+    options = query_options(request, errors)
+    symbols = [symbol] if symbol is not None else request.query_params.getlist("symbols")
+    if not symbols:
+        errors.append(("symbols", "Field required"))
+    if errors:
+        raise invalid(errors)
+    return symbols, options
+
+
+def query_options(request: Request, errors: list[tuple[str, str]]) -> StreamOptions:
     """The shared query parameters (see :func:`streams.stream_options`) read from ``request``;
-    Problem 422 for a snapshot that is no boolean."""
+    a snapshot that is no boolean adds its (field, message) to ``errors``."""
     if not request.scope["query_string"]:  # the common case: nothing to parse
         return StreamOptions(None, False, request.headers.get("last-event-id"))
     query = request.query_params
     snapshot = query.get("snapshot")
-    if snapshot is None:
-        flag = False
-    elif (flag := BOOLEANS.get(snapshot.lower())) is None:  # type: ignore[assignment]
-        raise invalid("snapshot", "Input should be a valid boolean, unable to interpret input")
+    flag = False
+    if snapshot is not None:
+        if (value := BOOLEANS.get(snapshot.lower())) is None:
+            errors.append(("snapshot", NOT_BOOLEAN))
+        else:
+            flag = value
     last_event_id = request.headers.get("last-event-id") or query.get("last_event_id")
     return StreamOptions(query.getlist("types") or None, flag, last_event_id)
 
 
-def invalid(field: str, message: str) -> Problem:
-    """The 422 problem FastAPI's validation gives (``handle_validation_error``'s shape)."""
-    loc = ["query", field]
+def invalid(errors: list[tuple[str, str]]) -> Problem:
+    """The 422 problem FastAPI's validation gives for ``errors``, (query field, message) pairs
+    (``handle_validation_error``'s shape)."""
+    found = [{"loc": ["query", field], "msg": message} for field, message in errors]
     return Problem(
         422,
         "invalid-request",
         "Invalid request",
-        f"{'.'.join(loc)}: {message}",
-        errors=[{"loc": loc, "msg": message}],
+        "; ".join(f"query.{field}: {message}" for field, message in errors),
+        errors=found,
     )

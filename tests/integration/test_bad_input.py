@@ -86,6 +86,20 @@ async def test_edge_bad_requests_get_problem_json_and_others_are_untouched(
     assert (await http.get(f"{live_stack.base_url}/readyz")).status_code == 200
 
 
+async def test_edge_names_every_invalid_parameter_and_the_path_as_sent(
+    live_stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """The SSE routes answer as FastAPI's validation would: every invalid query parameter named
+    in one 422, and the problem's ``instance`` is the path as sent (still percent-encoded)."""
+    response = await http.get(f"{live_stack.base_url}/sse?snapshot=maybe")
+    assert response.status_code == 422
+    found = [error["loc"] for error in response.json()["errors"]]
+    assert found == [["query", "snapshot"], ["query", "symbols"]]
+    response = await http.get(f"{live_stack.base_url}/sse/A%3FB")
+    assert response.status_code == 400
+    assert response.json()["instance"] == "/sse/A%3FB"
+
+
 @pytest.mark.parametrize(
     ("request_fields", "code"),
     [
