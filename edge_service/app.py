@@ -35,7 +35,7 @@ class EdgeApp(FastAPI):
     _streams: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if stream_app.stream_path(scope) is None:
+        if not stream_app.stream_path(scope):
             await super().__call__(scope, receive, send)
             return
         if self._streams is None:  # the middleware list is final once serving

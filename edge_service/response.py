@@ -17,7 +17,6 @@ RAW_SEND = "tickstream.raw_send"
 
 STREAM_HEADERS = (
     (b"cache-control", b"no-cache"),
-    (b"connection", b"keep-alive"),
     (b"x-accel-buffering", b"no"),  # nginx: pass each event on at once
     (b"content-type", b"text/event-stream; charset=utf-8"),
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -26,6 +26,8 @@ from .streams import StreamOptions, open_stream
 
 SSE_PATH = re.compile(r"/sse(?:/([^/]+))?")
 """``/sse`` (group 1 None) or ``/sse/{symbol}`` (group 1 the symbol), as the whole path."""
+RAW_ONE_SEGMENT = re.compile(rb"/sse/[^/?]+")
+"""``/sse/`` and one segment, before percent-decoding."""
 
 BOOLEANS = {
     **dict.fromkeys(("1", "on", "t", "true", "y", "yes"), True),
@@ -35,11 +37,23 @@ BOOLEANS = {
 NOT_BOOLEAN = "Input should be a valid boolean, unable to interpret input"
 
 
-def stream_path(scope: Scope) -> re.Match[str] | None:
-    """The SSE path match of a GET request's ``scope``, or None for any other request."""
+def stream_path(scope: Scope) -> bool:
+    """Whether ``scope`` is a GET of ``/sse`` or ``/sse/{symbol}`` (a symbol whose ``/`` came
+    percent-encoded, ``/sse/BTC%2FUSDT``, counts: it gets a 400 naming the symbol)."""
     if scope["type"] != "http" or scope["method"] != "GET":
-        return None
-    return SSE_PATH.fullmatch(scope["path"])
+        return False
+    return _symbol_of(scope) is not False
+
+
+def _symbol_of(scope: Scope) -> str | Literal[False] | None:
+    """The path's symbol (decoded), None for ``/sse``, False for any other path."""
+    match = SSE_PATH.fullmatch(scope["path"])
+    if match is not None:
+        return match.group(1)
+    raw = scope.get("raw_path") or b""
+    if RAW_ONE_SEGMENT.fullmatch(raw):
+        return scope["path"][len("/sse/") :]
+    return False
 
 
 def build(middleware: Iterable[Any]) -> ASGIApp:
@@ -55,10 +69,10 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     """The stream of one ``/sse`` request, or its problem JSON (400, 401/403, 404, 422, 429,
     503)."""
     request = Request(scope, receive)
-    match = SSE_PATH.fullmatch(scope["path"])
-    assert match is not None, "routed here by stream_path"
+    symbol = _symbol_of(scope)
+    assert symbol is not False, "routed here by stream_path"
     try:
-        symbols, options = read_request(request, match.group(1))
+        symbols, options = read_request(request, symbol)
         response: Callable[[Scope, Receive, Send], Any] = await open_stream(
             request, request.state.edge, symbols, options
         )

@@ -40,7 +40,14 @@ STREAM_PROBLEMS: dict[int | str, dict[str, Any]] = {
         (401, "With --auth jwt: no bearer token, or one that is invalid or expired."),
         (403, "With --auth jwt: the token's symbols claim does not allow a symbol."),
         (404, "Unknown symbol."),
+        (414, "The request target is longer than --max-request-target bytes."),
         (422, "Invalid query parameter."),
+        (
+            429,
+            "Too many streams for this client, token or edge, or connects too fast; see "
+            "Retry-After.",
+        ),
+        (431, "The header lines hold more than --max-header-bytes bytes."),
         (503, "The feed is unavailable; see Retry-After."),
     )
 }

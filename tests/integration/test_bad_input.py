@@ -36,6 +36,7 @@ EDGE_CASES = [
     ("/sse?symbols=BTCUSDT&symbols=NOPE", 404, "unknown-symbol"),
     ("/sse?symbols=BTCUSDT&types=trade&types=bogus", 400, "invalid-types"),
     ("/sse/" + "A" * 5000, 400, "invalid-symbols"),
+    ("/sse/BTC%2FUSDT", 400, "invalid-symbols"),  # one segment: a malformed symbol, not a route
 ]
 
 
