@@ -123,7 +123,10 @@ def _build_state(settings: EdgeSettings, verifier: TokenVerifier | None) -> Edge
         token=settings.feed_token.get_secret_value() if settings.feed_token else None,
     )
     pool = UpstreamPool(
-        feed.sync_stub, metrics, settings.upstream_linger, settings.upstream_stall_timeout
+        lambda: feed.sync_stub,
+        metrics,
+        settings.upstream_linger,
+        settings.upstream_stall_timeout,
     )
     metrics.watch_upstreams(pool.upstreams)
     limits = StreamLimits(

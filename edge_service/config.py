@@ -21,7 +21,11 @@ class EdgeSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface the HTTP server binds.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
-    feed_target: str = Field("127.0.0.1:50051", description="The feed's gRPC address, HOST:PORT.")
+    feed_target: str = Field(
+        "127.0.0.1:50051",
+        description="The feed's gRPC address, HOST:PORT; several feed replicas comma-separated "
+        "(A:P,B:P): the edge uses the first that answers and moves to the next when it stops.",
+    )
     workers: int = Field(
         1, ge=1, le=256, description="Processes on the one port (SO_REUSEPORT), each a whole edge."
     )

@@ -1,4 +1,5 @@
-"""The edge's connection to the feed: one gRPC channel, readiness and the symbol list."""
+"""The edge's connection to the feed: a gRPC channel per feed replica, readiness, fail-over and the
+symbol list."""
 
 from __future__ import annotations
 
@@ -32,11 +33,47 @@ CHANNEL_OPTIONS = [
 SYMBOLS_REFRESH_S = 10.0
 
 
-class FeedClient:
-    """Owns the channel and stubs; a background task polls the feed's gRPC health.
+class Replica:
+    """One feed address: an asyncio channel (health, symbols, resume catch-ups) and a blocking
+    twin for the upstream reader threads (see upstream.SymbolUpstream)."""
 
-    ``ready`` is True while the feed answers SERVING; ``symbols`` maps each symbol the feed
-    serves to its ``SymbolInfo`` (refreshed on readiness and every 10 s).
+    def __init__(
+        self, target: str, credentials: grpc.ChannelCredentials | None, token: str | None
+    ) -> None:
+        self.target = target
+        aio_interceptors: list[grpc.aio.ClientInterceptor] | None = (
+            [_AioUnaryToken(token), _AioStreamToken(token)] if token else None
+        )
+        if credentials is not None:
+            self.channel = grpc.aio.secure_channel(
+                target, credentials, options=CHANNEL_OPTIONS, interceptors=aio_interceptors
+            )
+            self.sync_channel = grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.aio.insecure_channel(
+                target, options=CHANNEL_OPTIONS, interceptors=aio_interceptors
+            )
+            self.sync_channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.stub = feed_pb2_grpc.FeedServiceStub(self.channel)
+        sync: grpc.Channel = self.sync_channel
+        if token:
+            sync = grpc.intercept_channel(sync, _SyncToken(token))
+        self.sync_stub = feed_pb2_grpc.FeedServiceStub(sync)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def close(self) -> None:
+        for replica in self.replicas:
+            await replica.close()
+
+
+class FeedClient:
+    """Owns a channel per feed replica; a background task polls the gRPC health of the one in
+    use and moves to the next that answers SERVING when it stops answering.
+
+    ``target`` is one address or several, comma-separated (feed replicas). ``ready`` is True
+    while the replica in use answers SERVING; ``symbols`` maps each symbol it serves to its
+    ``SymbolInfo`` (refreshed on readiness and every 10 s). ``stub`` and ``sync_stub`` are the
+    replica in use's: callers take them anew for each call.
     """
 
     def __init__(
@@ -48,27 +85,13 @@ class FeedClient:
         token: str | None = None,
     ) -> None:
         """``credentials``: TLS to the feed (None: plaintext); ``token``: sent as
-        ``authorization: Bearer <token>`` metadata on every FeedService call."""
-        self.target = target
-        aio_interceptors: list[grpc.aio.ClientInterceptor] | None = (
-            [_AioUnaryToken(token), _AioStreamToken(token)] if token else None
-        )
-        if credentials is not None:
-            self.channel = grpc.aio.secure_channel(
-                target, credentials, options=CHANNEL_OPTIONS, interceptors=aio_interceptors
-            )
-            sync_channel = grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-        else:
-            self.channel = grpc.aio.insecure_channel(
-                target, options=CHANNEL_OPTIONS, interceptors=aio_interceptors
-            )
-            sync_channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self.stub = feed_pb2_grpc.FeedServiceStub(self.channel)
-        # Blocking twin for the upstream reader threads (see upstream.SymbolUpstream).
-        self.sync_channel = sync_channel
-        intercepted = grpc.intercept_channel(sync_channel, _SyncToken(token)) if token else None
-        self.sync_stub = feed_pb2_grpc.FeedServiceStub(intercepted or sync_channel)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        ``authorization: Bearer <token>`` metadata on every FeedService call. Raises ValueError
+        when ``target`` names no address."""
+        targets = [t.strip() for t in target.split(",") if t.strip()]
+        if not targets:
+            raise ValueError("--feed-target names no address")
+        self.replicas = [Replica(t, credentials, token) for t in targets]
+        self._current = 0
         self._metrics = metrics
         self._interval = check_interval
         self.ready = False
@@ -80,6 +103,23 @@ class FeedClient:
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshes_started = 0
 
+    @property
+    def replica(self) -> Replica:
+        """The replica in use."""
+        return self.replicas[self._current]
+
+    @property
+    def target(self) -> str:
+        return self.replica.target
+
+    @property
+    def stub(self) -> feed_pb2_grpc.FeedServiceStub:
+        return self.replica.stub
+
+    @property
+    def sync_stub(self) -> feed_pb2_grpc.FeedServiceStub:
+        return self.replica.sync_stub
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._watch(), name="feed-health")
 
@@ -88,14 +128,26 @@ class FeedClient:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.channel.close(grace=None)
-        self.sync_channel.close()
+        for replica in self.replicas:
+            await replica.close()
 
     async def check(self) -> bool:
-        """One health check (and symbol refresh when due); returns and records readiness."""
+        """One health check (and symbol refresh when due); returns and records readiness.
+        When the replica in use does not answer SERVING, the others are tried in turn and the
+        first that does is used from then on."""
+        ready = await self._check(self.replica)
+        if not ready and len(self.replicas) > 1:
+            ready = await self._fail_over()
+        if ready and not self.ready:
+            log.info("feed %s ready (epoch %s)", self.target, self.epoch)
+        self.ready = ready
+        self._metrics.feed_ready.set(1 if ready else 0)
+        return ready
+
+    async def _check(self, replica: Replica) -> bool:
         loop = asyncio.get_running_loop()
         try:
-            reply = await self._health.Check(
+            reply = await replica.health.Check(
                 health_pb2.HealthCheckRequest(), timeout=max(1.0, self._interval * 2)
             )
             ready = reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -104,14 +156,26 @@ class FeedClient:
             if ready:
                 await self._refresh_sources()
         except grpc.aio.AioRpcError as error:
-            if self.ready:
-                log.warning("feed %s unavailable: %s", self.target, error.code().name)
+            if self.ready and replica is self.replica:
+                log.warning("feed %s unavailable: %s", replica.target, error.code().name)
             ready = False
-        if ready and not self.ready:
-            log.info("feed %s ready (epoch %s)", self.target, self.epoch)
-        self.ready = ready
-        self._metrics.feed_ready.set(1 if ready else 0)
         return ready
+
+    async def _fail_over(self) -> bool:
+        """Move to the next replica that answers SERVING; False when none does."""
+        count = len(self.replicas)
+        for step in range(1, count):
+            index = (self._current + step) % count
+            previous, self._current = self._current, index
+            if await self._check(self.replicas[index]):
+                log.warning(
+                    "feed %s not answering: using %s",
+                    self.replicas[previous].target,
+                    self.target,
+                )
+                return True
+            self._current = previous
+        return False
 
     async def refresh_symbols(self) -> None:
         """Reload the symbol list. Raises grpc.aio.AioRpcError when the feed does not answer."""

@@ -7,7 +7,7 @@ import logging
 import random
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import grpc
@@ -18,6 +18,10 @@ from .metrics import EdgeMetrics
 from .reader import Opened, Progress, Reset, SubscribeReader, Ticks
 
 log = logging.getLogger(__name__)
+
+StubSource = Callable[[], feed_pb2_grpc.FeedServiceStub]
+"""The blocking stub of the feed replica in use, taken anew at each (re)subscription, so an
+upstream that lost its replica resubscribes on the one the edge moved to."""
 
 INBOX_LIMIT = 64
 """Feed messages (each up to 500 ticks) read but not yet handled; a reader thread that finds the
@@ -138,7 +142,7 @@ class SymbolUpstream:
     def __init__(
         self,
         symbol: str,
-        stub: feed_pb2_grpc.FeedServiceStub,
+        stub: StubSource,
         metrics: EdgeMetrics,
         stall_timeout: float,
     ) -> None:
@@ -222,7 +226,7 @@ class SymbolUpstream:
     def _read_forever(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
-            call = self._stub.Subscribe(subscribe_request(self.symbol, self._position))
+            call = self._stub().Subscribe(subscribe_request(self.symbol, self._position))
             self._call = call
             self._post(_CONNECTED)
             try:
@@ -383,7 +387,7 @@ class UpstreamPool:
 
     def __init__(
         self,
-        stub: feed_pb2_grpc.FeedServiceStub,
+        stub: StubSource,
         metrics: EdgeMetrics,
         linger: float,
         stall_timeout: float,
