@@ -62,8 +62,8 @@ class Replica:
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     async def close(self) -> None:
-        for replica in self.replicas:
-            await replica.close()
+        await self.channel.close(grace=None)
+        self.sync_channel.close()
 
 
 class FeedClient:

@@ -108,3 +108,7 @@ async def test_upstreams_move_to_the_next_replica_when_one_dies(
     b.popen.wait()
     await wait_for_status(http, f"{base}/readyz", 503)
     assert edge.alive
+    # It still shuts down cleanly, closing every replica's channels.
+    edge.signal(signal.SIGTERM)
+    assert edge.popen.wait(timeout=15) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in edge.output()
