@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -276,3 +277,35 @@ async def follow(url: str, out: list[SseEvent], stop: asyncio.Event) -> None:
             out.append(event)
             if stop.is_set():
                 return
+
+
+TICK_EVENTS = ("trade", "quote")
+LIVE_REPLAY = replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True)
+"""Feed arguments: both bundled recordings at 4x their pace, looped (a steady live stream)."""
+
+
+async def follow_past_reset(
+    http: httpx.AsyncClient, url: str, out: list[SseEvent], after: int
+) -> None:
+    """Collect the events of the stream at ``url`` into ``out`` until ``after`` ticks have
+    followed a reset."""
+    seen, reset = 0, False
+    async with http.stream("GET", url) as response:
+        assert response.status_code == 200
+        async for event in iter_events(response):
+            out.append(event)
+            reset = reset or event.event == "reset"
+            if reset and event.event in TICK_EVENTS:
+                seen += 1
+                if seen >= after:
+                    return
+
+
+def first_sequences(events: list[SseEvent]) -> dict[tuple[str, str], int]:
+    """The first ``sequence`` of each (symbol, tick event type) among ``events``."""
+    first: dict[tuple[str, str], int] = {}
+    for event in events:
+        if event.event in TICK_EVENTS:
+            tick = json.loads(event.data)
+            first.setdefault((tick["symbol"], event.event), int(tick["sequence"]))
+    return first

@@ -7,7 +7,6 @@ its first; on a history the replicas share the same move needs no reset."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections.abc import Iterator
 
@@ -15,21 +14,20 @@ import httpx
 import pytest
 
 from tests.support import (
-    BTC_FILE,
-    ETH_FILE,
+    LIVE_REPLAY,
+    TICK_EVENTS,
     ServiceProcess,
     SseEvent,
     collect,
-    iter_events,
-    replay_args,
+    first_sequences,
+    follow_past_reset,
     services,
     start_edge,
     start_feed,
     wait_for_status,
 )
 
-FEED_ARGS = replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True)
-TICKS = ("trade", "quote")
+FEED_ARGS = LIVE_REPLAY
 CLIENTS = 20
 
 
@@ -48,28 +46,6 @@ def replicas() -> Iterator[tuple[ServiceProcess, ...]]:
         yield started
 
 
-async def _follow(http: httpx.AsyncClient, url: str, out: list[SseEvent], after: int) -> None:
-    """Collect events until ``after`` ticks have followed a reset."""
-    seen, reset = 0, False
-    async with http.stream("GET", url) as response:
-        assert response.status_code == 200
-        async for event in iter_events(response):
-            out.append(event)
-            reset = reset or event.event == "reset"
-            seen += reset and event.event in TICKS
-            if seen >= after:
-                return
-
-
-def _first_sequences(events: list[SseEvent]) -> dict[tuple[str, str], int]:
-    first: dict[tuple[str, str], int] = {}
-    for event in events:
-        if event.event in TICKS:
-            tick = json.loads(event.data)
-            first.setdefault((tick["symbol"], event.event), int(tick["sequence"]))
-    return first
-
-
 async def test_upstreams_move_to_the_next_replica_when_one_dies(
     replicas: tuple[ServiceProcess, ...], http: httpx.AsyncClient
 ) -> None:
@@ -79,7 +55,7 @@ async def test_upstreams_move_to_the_next_replica_when_one_dies(
     assert ready["feed"] == f"127.0.0.1:{a.port}"
     url = f"{base}/sse?symbols=BTCUSDT,ETHUSDT"
     streams: list[list[SseEvent]] = [[] for _ in range(CLIENTS)]
-    followers = [asyncio.create_task(_follow(http, url, out, 200)) for out in streams]
+    followers = [asyncio.create_task(follow_past_reset(http, url, out, 200)) for out in streams]
     async with asyncio.timeout(20):
         while not all(len(out) > 20 for out in streams):  # noqa: ASYNC110 - polling lists
             await asyncio.sleep(0.05)
@@ -95,15 +71,15 @@ async def test_upstreams_move_to_the_next_replica_when_one_dies(
         resets = [i for i, e in enumerate(out) if e.event == "reset"]
         assert len(resets) == 1, "one reset: B's history is another epoch"
         assert '"reason":"epoch_changed"' in out[resets[0]].data
-        before = [e.offset for e in out[: resets[0]] if e.event in TICKS]
-        after = [e.offset for e in out[resets[0] + 1 :] if e.event in TICKS]
+        before = [e.offset for e in out[: resets[0]] if e.event in TICK_EVENTS]
+        after = [e.offset for e in out[resets[0] + 1 :] if e.event in TICK_EVENTS]
         assert before == sorted(set(before)) and after == sorted(set(after))
         # B's epoch from its first tick: each symbol's trades and quotes from sequence 1.
-        assert set(_first_sequences(out[resets[0] + 1 :]).values()) == {1}
+        assert set(first_sequences(out[resets[0] + 1 :]).values()) == {1}
 
     # New streams are served from B; with B gone too the edge is not ready.
     fresh = await collect(http, f"{base}/sse/BTCUSDT", 5)
-    assert len([e for e in fresh if e.event in TICKS]) == 5
+    assert len([e for e in fresh if e.event in TICK_EVENTS]) == 5
     b.signal(signal.SIGKILL)
     b.popen.wait()
     await wait_for_status(http, f"{base}/readyz", 503)

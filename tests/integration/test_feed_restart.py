@@ -5,7 +5,6 @@ reset then every tick of the new epoch from its first, and the reset's id is a c
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections.abc import Iterator
 
@@ -14,19 +13,18 @@ import pytest
 
 from tests.conftest import Stack, running_stack
 from tests.support import (
-    BTC_FILE,
-    ETH_FILE,
+    LIVE_REPLAY,
+    TICK_EVENTS,
     SseEvent,
     collect,
-    iter_events,
+    first_sequences,
+    follow_past_reset,
     metric_value,
-    replay_args,
     start_feed,
     wait_for_status,
 )
 
-FEED_ARGS = replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True)
-TICKS = ("trade", "quote")
+FEED_ARGS = LIVE_REPLAY
 CLIENTS = 100
 SUBSCRIBES = "tickstream_feed_subscribe_requests_total"
 
@@ -34,21 +32,6 @@ SUBSCRIBES = "tickstream_feed_subscribe_requests_total"
 @pytest.fixture
 def restartable_stack() -> Iterator[Stack]:
     yield from running_stack(FEED_ARGS)
-
-
-async def _follow(http: httpx.AsyncClient, url: str, out: list[SseEvent], after_reset: int) -> None:
-    """Collect events until ``after_reset`` ticks have followed a reset."""
-    seen = 0
-    reset = False
-    async with http.stream("GET", url) as response:
-        assert response.status_code == 200
-        async for event in iter_events(response):
-            out.append(event)
-            reset = reset or event.event == "reset"
-            if reset and event.event in TICKS:
-                seen += 1
-                if seen >= after_reset:
-                    return
 
 
 @pytest.mark.parametrize(
@@ -60,7 +43,7 @@ async def test_feed_killed_and_restarted_under_clients(
     stack = restartable_stack
     url = stack.base_url + path
     streams: list[list[SseEvent]] = [[] for _ in range(CLIENTS)]
-    followers = [asyncio.create_task(_follow(http, url, out, 300)) for out in streams]
+    followers = [asyncio.create_task(follow_past_reset(http, url, out, 300)) for out in streams]
     async with asyncio.timeout(20):
         while not all(len(out) > 20 for out in streams):  # noqa: ASYNC110 - polling lists
             await asyncio.sleep(0.05)
@@ -86,23 +69,19 @@ async def test_feed_killed_and_restarted_under_clients(
         assert len(resets) == 1, "exactly one reset per stream"
         reset = out[resets[0]]
         assert '"reason":"epoch_changed"' in reset.data
-        before = [e.offset for e in out[: resets[0]] if e.event in TICKS]
-        after = [e.offset for e in out[resets[0] + 1 :] if e.event in TICKS]
+        before = [e.offset for e in out[: resets[0]] if e.event in TICK_EVENTS]
+        after = [e.offset for e in out[resets[0] + 1 :] if e.event in TICK_EVENTS]
         assert before == sorted(set(before)) and after == sorted(set(after))
         assert after[0] > reset.offset, "live ticks continue after the reset's cursor"
         # Nothing the restarted feed published before the edge reconnected is skipped: each
         # symbol's trades and quotes go on from sequence 1 of the new epoch.
-        first: dict[tuple[str, str], int] = {}
-        for event in out[resets[0] + 1 :]:
-            if event.event in TICKS:
-                tick = json.loads(event.data)
-                first.setdefault((tick["symbol"], event.event), int(tick["sequence"]))
+        first = first_sequences(out[resets[0] + 1 :])
         assert set(first.values()) == {1}, first
 
     # The reset's id is a complete cursor: resuming from it gives exactly what the live
     # stream delivered after the reset, nothing skipped.
     out = streams[0]
     index = next(i for i, e in enumerate(out) if e.event == "reset")
-    live_after = [e for e in out[index + 1 :] if e.event in TICKS][:200]
+    live_after = [e for e in out[index + 1 :] if e.event in TICK_EVENTS][:200]
     resumed = await collect(http, url, 200, headers={"Last-Event-ID": str(out[index].id)})
-    assert [e.id for e in resumed if e.event in TICKS] == [e.id for e in live_after]
+    assert [e.id for e in resumed if e.event in TICK_EVENTS] == [e.id for e in live_after]
