@@ -42,13 +42,17 @@ class SymbolMerge:
         self.listeners: set[TickListener] = set()
         self.fan_outs: dict[frozenset[str], TickListener] = {}  # see fanout.join
         self.epoch = upstreams[0].epoch
+        # The merge starts after the furthest upstream's watermark: one that is ahead has already
+        # dispatched the ticks up to it, so starting lower would leave them out of a stream whose
+        # later ids claim them (a client saw offsets 309153 then 309164). A lagging upstream's
+        # ticks up to the start are before the stream, as the head is for a live start.
+        start = max(u.watermark for u in upstreams)
         self._states = {
-            u.symbol: _SymbolState(u.epoch, u.watermark, start=u.watermark) for u in upstreams
+            u.symbol: _SymbolState(u.epoch, u.watermark, start=start) for u in upstreams
         }
-        self.watermark = min(u.watermark for u in upstreams)
+        self.watermark = start
         # The latest released tick of each (symbol, kind): snapshots agree with what follows
-        # them. At the start each symbol's stream begins after its upstream's watermark, so the
-        # upstream's latest ticks are the merge's too.
+        # them. At the start the upstreams' latest ticks are the merge's.
         self._latest = {
             (tick.symbol, tick.kind): tick
             for u in upstreams

@@ -33,6 +33,19 @@ def test_two_symbols_are_released_in_offset_order_only_when_both_passed() -> Non
     assert client.cursor == 9 == merge.watermark
 
 
+def test_a_merge_starts_after_the_furthest_upstream() -> None:
+    """B's upstream already dispatched up to 20: starting at A's 10 would give a client A's 15
+    and then 21, whose id claims B's ticks up to 21 that it never got."""
+    a, b = FakeUpstream("A", watermark=10), FakeUpstream("B", watermark=20)
+    merge = merged(a, b)
+    client = joined(merge)
+    assert merge.watermark == 20 == client.cursor
+    a.deliver(trades(a, [15, 21]), watermark=21)
+    b.deliver(trades(b, [22]), watermark=22)
+    a.deliver([], watermark=22)  # progress only
+    assert offsets_sent(client) == [21, 22]
+
+
 def test_every_client_of_the_set_gets_the_same_merged_bytes() -> None:
     a, b = FakeUpstream("A", watermark=0), FakeUpstream("B", watermark=0)
     merge = merged(a, b)
