@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode
 
 from tickstream_common.settings import LogFormatSetting, LogLevel, service_config, split_commas
@@ -48,7 +48,37 @@ class FeedSettings(BaseSettings):
         50.0, gt=0, le=5_000_000, description="Synthetic ticks per second over all symbols."
     )
     history_size: int = Field(
-        200_000, ge=1, description="Ticks kept in memory for resume and replay from earliest."
+        200_000,
+        ge=1,
+        description="Ticks kept for resume and replay from earliest (in memory; with --backbone "
+        "nats also the stream's message limit).",
+    )
+    history_age: float = Field(
+        0.0,
+        ge=0,
+        description="With --backbone nats: seconds the stream keeps a tick (its max age; "
+        "0 = no age limit, only --history-size).",
+    )
+    backbone: Literal["memory", "nats"] = Field(
+        "memory",
+        description="Where ticks are numbered and kept: memory = this process (a new epoch at "
+        "every start); nats = a NATS JetStream stream shared by every feed replica.",
+    )
+    nats_url: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"],
+        description="NATS servers of --backbone nats, comma-separated nats://HOST:PORT.",
+    )
+    nats_stream: str = Field(
+        "TICKS",
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="JetStream stream of --backbone nats: subjects <stream in lower case>."
+        "<symbol>.<type>, symbol metadata in the key-value bucket <stream>_SYMBOLS.",
+    )
+    nats_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Replicas of the stream when this feed creates it (3 on a 3-node cluster).",
     )
     heartbeat_interval: float = Field(
         1.0, gt=0, le=60, description="Seconds of silence after which a stream gets a Heartbeat."
@@ -98,7 +128,14 @@ class FeedSettings(BaseSettings):
         "'authorization: Bearer <token>' metadata.",
     )
 
-    @field_validator("symbols", "replay_path", mode="before")
+    @model_validator(mode="after")
+    def _atomic_batches(self) -> FeedSettings:
+        """JetStream stores at most 1,000 messages atomically: a producer's batch must fit."""
+        if self.backbone == "nats" and self.max_batch > 1_000:
+            raise ValueError("--max-batch: at most 1000 with --backbone nats (atomic batches)")
+        return self
+
+    @field_validator("symbols", "replay_path", "nats_url", mode="before")
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return split_commas(value)

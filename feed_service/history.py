@@ -15,7 +15,8 @@ T = TypeVar("T", bound=HasOffset)
 
 
 class TickHistory(Generic[T]):
-    """Ring buffer of the newest ``capacity`` ticks; offsets are contiguous, starting at 1.
+    """Ring buffer of the newest ``capacity`` ticks; offsets are contiguous, starting at 1 (or
+    where :meth:`start_at` put them).
 
     Lookup by offset is O(1): the tick with offset ``o`` sits in slot ``o % capacity``. It holds
     anything with an ``offset`` (the feed stores :class:`feed_service.wire.StoredTick`).
@@ -27,6 +28,7 @@ class TickHistory(Generic[T]):
         self._capacity = capacity
         self._slots: list[T | None] = [None] * capacity
         self._head = 0  # newest offset, 0 when empty
+        self._floor = 1  # the first offset this history was started at
 
     @property
     def capacity(self) -> int:
@@ -40,12 +42,21 @@ class TickHistory(Generic[T]):
     @property
     def earliest_offset(self) -> int:
         """The oldest offset still retained (0 when empty)."""
-        if self._head == 0:
+        if self._head < self._floor:
             return 0
-        return max(1, self._head - self._capacity + 1)
+        return max(self._floor, self._head - self._capacity + 1)
 
     def __len__(self) -> int:
-        return min(self._head, self._capacity)
+        return min(self._head - self._floor + 1, self._capacity)
+
+    def start_at(self, offset: int) -> None:
+        """Forget everything and make ``offset`` (>= 1) the next one appended: a cache of a log
+        whose older offsets live elsewhere (the JetStream backbone) starts where it joins."""
+        if offset < 1:
+            raise ValueError("offsets start at 1")
+        self._slots = [None] * self._capacity
+        self._floor = offset
+        self._head = offset - 1
 
     def append(self, tick: T) -> None:
         """Store ``tick``, evicting the oldest when full.
@@ -72,9 +83,9 @@ class TickHistory(Generic[T]):
 
     def covers_after(self, offset: int) -> bool:
         """True when every tick after ``offset`` (up to the head) is still retained."""
-        if offset > self._head:
-            return False
-        return offset + 1 >= self.earliest_offset or offset == self._head
+        if offset >= self._head:
+            return offset == self._head
+        return self._head >= self._floor and offset + 1 >= self.earliest_offset
 
     def after(self, offset: int, limit: int) -> Iterator[T]:
         """Yield up to ``limit`` retained ticks with offsets greater than ``offset``, in order.

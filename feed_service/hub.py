@@ -10,6 +10,7 @@ from collections.abc import Callable, Container, Iterable, Sequence
 from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 
 from .history import TickHistory
+from .liveness import Liveness
 from .wire import StoredTick, event_time_field, ingest_time_field
 
 TRADE = tick_pb2.TICK_TYPE_TRADE
@@ -22,17 +23,29 @@ def new_epoch() -> str:
 
 
 class TickHub:
-    """In-process hub: the single writer of sequence numbers and offsets.
+    """In-process hub (``--backbone memory``): the single writer of sequence numbers and offsets.
 
-    ``publish`` assigns each tick its per-(symbol, type) ``sequence`` (from 1, contiguous) and
-    the next feed-wide ``offset``, stamps ``ingest_time``, appends it to the history and wakes
-    waiting subscribers. Subscribers read the history by offset, so a slow one costs no memory.
+    ``append`` assigns each tick its per-(symbol, type) ``sequence`` (from 1, contiguous) and
+    the next feed-wide ``offset``, stamps ``ingest_time``, and ``store`` appends it to the
+    history and wakes waiting subscribers. Subscribers read the history by offset, so a slow one
+    costs no memory. The JetStream backbone (:mod:`feed_service.jetstream`) keeps this same
+    state as its local cache of the shared log and replaces the writing half.
     """
 
-    def __init__(self, history_size: int, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    catch_up_s = 0.0
+    """How long a resume from an offset ahead of the head waits for the head to reach it: 0 here,
+    where nothing but this process can have issued that offset."""
+
+    def __init__(
+        self,
+        history_size: int,
+        clock_ns: Callable[[], int] = time.time_ns,
+        liveness: Liveness | None = None,
+    ) -> None:
         self.epoch = new_epoch()
         self.history: TickHistory[StoredTick] = TickHistory(history_size)
         self.clock_ns = clock_ns
+        self.liveness = liveness
         self._symbols: dict[str, feed_pb2.SymbolInfo] = {}
         self._sequences: dict[tuple[str, int], int] = {}
         self._latest: dict[tuple[str, int], StoredTick] = {}
@@ -65,6 +78,24 @@ class TickHub:
     def symbol_count(self) -> int:
         return len(self._symbols)
 
+    async def start(self) -> None:
+        """Nothing to connect to in-process (the JetStream backbone joins its log here)."""
+
+    async def close(self) -> None:
+        """Nothing to release in-process."""
+
+    async def declare(self, infos: Iterable[feed_pb2.SymbolInfo]) -> None:
+        """:meth:`add_symbols`, on every replica where the backbone is shared."""
+        self.add_symbols(infos)
+
+    async def append(self, drafts: Sequence[ingest_pb2.TickDraft], ingest_ns: int) -> int:
+        """Number and store validated ``drafts`` in order, all or nothing; the last offset.
+
+        The backbone's one way in (see :meth:`publish` for the contract); the JetStream backbone
+        raises :class:`feed_service.errors.NotReady` when its log cannot take them now.
+        """
+        return self.publish(drafts, ingest_ns)
+
     def publish(self, drafts: Sequence[ingest_pb2.TickDraft], ingest_ns: int | None = None) -> int:
         """Number and store validated ``drafts`` in order; returns the new head offset.
 
@@ -73,12 +104,12 @@ class TickHub:
         and must clear ``dedup_id`` (it is not part of a Tick). Raises KeyError for a symbol
         that was not declared with :meth:`add_symbols`.
         """
-        start = offset = self.history.head_offset
+        offset = self.history.head_offset
         if ingest_ns is None:
             ingest_ns = self.clock_ns()
         ingest_field = ingest_time_field(ingest_ns)
         both_fields = event_time_field(ingest_ns) + ingest_field
-        known, sequences, latest = self._symbols, self._sequences, self._latest
+        known, sequences = self._symbols, self._sequences
         of_draft, stored_ticks = StoredTick.of_draft, []
         for draft in drafts:
             symbol = draft.symbol
@@ -90,13 +121,26 @@ class TickHub:
             sequences[key] = sequence
             offset += 1
             times = ingest_field if draft.HasField("event_time") else both_fields
-            stored = of_draft(draft.SerializeToString(), symbol, kind, sequence, offset, times)
-            stored_ticks.append(stored)
-            latest[key] = stored
-        self.history.extend(stored_ticks)
-        if offset != start:
-            self.wake_waiters()
+            stored_ticks.append(
+                of_draft(draft.SerializeToString(), symbol, kind, sequence, offset, times)
+            )
+        self.store(stored_ticks, ingest_ns)
         return offset
+
+    def store(self, ticks: list[StoredTick], now_ns: int) -> None:
+        """Append numbered ``ticks`` (offsets contiguous from the head) to the history, keep each
+        (symbol, type)'s latest, mark their symbols live at ``now_ns`` and wake subscribers.
+        Raises ValueError, storing nothing, when the offsets do not follow the head."""
+        if not ticks:
+            return
+        self.history.extend(ticks)
+        if self.liveness is not None:
+            # State changes come before the ticks: "live" precedes the tick that revived it.
+            self.liveness.touch({tick.symbol for tick in ticks}, now_ns)
+        latest = self._latest
+        for tick in ticks:
+            latest[(tick.symbol, tick.tick_type)] = tick
+        self.wake_waiters()
 
     def wake_waiters(self) -> None:
         """Wake every :meth:`wait_beyond` now (new ticks, or shutdown)."""

@@ -20,7 +20,7 @@ from tickstream_common.symbols import SYMBOL_PATTERN, is_valid_symbol
 
 from .errors import InvalidRequest, LimitExceeded
 from .hub import TickHub
-from .liveness import Liveness, SourceHandle
+from .liveness import SourceHandle
 
 DECIMAL_PATTERN = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?")
 """Prices and sizes: digits, optionally a point and more digits; no sign, exponent or spaces."""
@@ -174,55 +174,63 @@ class Ingestor:
     are declared with the source's name and the most decimals seen in their prices and sizes.
     """
 
-    def __init__(
-        self, hub: TickHub, liveness: Liveness, dedup_window: int, max_symbols: int
-    ) -> None:
+    def __init__(self, hub: TickHub, dedup_window: int, max_symbols: int) -> None:
         self._hub = hub
-        self._liveness = liveness
         self.dedup = DedupWindow(dedup_window)
         self._max_symbols = max_symbols
         self._scales: dict[str, tuple[int, int]] = {}
 
-    def ingest(self, drafts: Sequence[ingest_pb2.TickDraft], source: SourceHandle) -> IngestResult:
+    async def ingest(
+        self, drafts: Sequence[ingest_pb2.TickDraft], source: SourceHandle
+    ) -> IngestResult:
         """Store ``drafts`` in order, all or nothing; their ``dedup_id`` is cleared.
 
-        Raises InvalidDraft (a malformed tick, nothing stored) or LimitExceeded (the symbol cap).
+        Raises InvalidDraft (a malformed tick, nothing stored), LimitExceeded (the symbol cap)
+        or NotReady (the backbone cannot store now; nothing stored, dedup ids not recorded).
         """
         hub = self._hub
         known = hub.known_symbols
         for index, draft in enumerate(drafts):
             check_draft(index, draft, known)
-        self._declare_new_symbols(drafts, source.name)
-        kept = self._without_duplicates(drafts)
+        await self._declare_new_symbols(drafts, source.name)
+        kept, keys = self._without_duplicates(drafts)
         if not kept:
             return IngestResult(0, len(drafts), hub.head_offset)
         now_ns = hub.clock_ns()
-        self._liveness.touch({draft.symbol for draft in kept}, now_ns)
-        last = hub.publish(kept, now_ns)
+        last = await hub.append(kept, now_ns)
+        dedup = self.dedup
+        if dedup.capacity:
+            for key in keys:  # only once stored: a refused batch may be sent again
+                dedup.add(key)
         source.record(len(kept), now_ns)
         return IngestResult(len(kept), len(drafts) - len(kept), last)
 
     def _without_duplicates(
         self, drafts: Sequence[ingest_pb2.TickDraft]
-    ) -> Sequence[ingest_pb2.TickDraft]:
-        """The drafts to store: duplicates (in the window, or earlier in the batch) left out;
-        the others' dedup ids recorded in the window and cleared from the drafts."""
-        dedup = self.dedup
+    ) -> tuple[Sequence[ingest_pb2.TickDraft], list[tuple[str, str]]]:
+        """The drafts to store, duplicates (in the window, or earlier in the batch) left out,
+        and the (symbol, dedup id) keys to record once they are stored. The kept drafts'
+        dedup ids are cleared (they are not part of a tick)."""
         if not any(draft.dedup_id for draft in drafts):
-            return drafts
+            return drafts, []
+        dedup = self.dedup
         kept: list[ingest_pb2.TickDraft] = []
+        keys: list[tuple[str, str]] = []
+        in_batch: set[tuple[str, str]] = set()
         for draft in drafts:
             if draft.dedup_id:
                 key = (draft.symbol, draft.dedup_id)
-                if key in dedup:
+                if key in dedup or key in in_batch:
                     continue
-                if dedup.capacity:  # nothing can fail from here on: the batch will be stored
-                    dedup.add(key)
-                draft.ClearField("dedup_id")  # not part of the tick
+                in_batch.add(key)
+                keys.append(key)
+                draft.ClearField("dedup_id")
             kept.append(draft)
-        return kept
+        return kept, keys
 
-    def _declare_new_symbols(self, drafts: Sequence[ingest_pb2.TickDraft], origin: str) -> None:
+    async def _declare_new_symbols(
+        self, drafts: Sequence[ingest_pb2.TickDraft], origin: str
+    ) -> None:
         hub, scales = self._hub, self._scales
         new: dict[str, tuple[int, int]] = {}
         for index, draft in enumerate(drafts):
@@ -246,7 +254,7 @@ class Ingestor:
             new[symbol] = (price, size)
         if new:
             scales.update(new)
-            hub.add_symbols(
+            await hub.declare(
                 feed_pb2.SymbolInfo(symbol=s, price_scale=p, size_scale=z, source=origin)
                 for s, (p, z) in new.items()
             )

@@ -110,7 +110,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 try:
                     request = _parse(raw)
                     await self._throttle(request, grant)
-                    yield self._store(request, grant, handle)
+                    yield await self._store(request, grant, handle)
                 except FeedError as error:
                     outcome = f"refused: {error}"[:200]
                     await self._abort(context, error)
@@ -153,7 +153,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if delay > 0:
             await asyncio.sleep(delay)
 
-    def _store(
+    async def _store(
         self, request: ingest_pb2.PublishRequest, grant: ClientGrant | None, handle: SourceHandle
     ) -> ingest_pb2.PublishResponse:
         """Check size and rights, store the batch; the acknowledgement to send."""
@@ -170,7 +170,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         # A draft's bytes become its tick's: fields this feed does not know (the reserved
         # sequence, offset and ingest_time numbers included) must not ride along.
         request.DiscardUnknownFields()
-        result = self._ingestor.ingest(request.ticks, handle)
+        result = await self._ingestor.ingest(request.ticks, handle)
         self._metrics.publish_batches.labels("stored").inc()
         self._metrics.ticks_published.inc(result.accepted)
         self._metrics.publish_duplicates.inc(result.duplicates)

@@ -14,10 +14,10 @@ from prometheus_client import start_http_server
 from tickstream.v1 import feed_pb2, ingest_pb2
 
 from .config import FeedSettings
-from .errors import FeedError
+from .errors import FeedError, NotReady
 from .hub import TickHub
-from .ingest import Ingestor
-from .liveness import Liveness
+from .ingest import Ingestor, IngestResult
+from .liveness import Liveness, SourceHandle
 from .metrics import FeedMetrics
 from .publish import IngestServicer, add_ingest_to_server
 from .security import TokenInterceptor, TokenTable, server_credentials
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 FEED_SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 INGEST_SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+BACKBONE_RETRY_S = 0.5  # a built-in source's pause while the backbone cannot store
 SWEEP_INTERVAL_S = 0.25  # how often quiet symbols are checked for staleness
 SERVER_OPTIONS = [
     # One feed per port: without this gRPC sets SO_REUSEPORT and a second feed would share it.
@@ -61,18 +62,32 @@ def build_source(settings: FeedSettings) -> TickSource | None:
     return SyntheticSource(settings.symbols, settings.seed, settings.rate)
 
 
+def build_hub(settings: FeedSettings, liveness: Liveness) -> TickHub:
+    """The backbone named by ``settings.backbone``: the in-process hub, or JetStream."""
+    if settings.backbone == "memory":
+        return TickHub(settings.history_size, liveness=liveness)
+    from .jetstream import JetStreamHub
+
+    return JetStreamHub(
+        settings.nats_url,
+        settings.nats_stream,
+        settings.history_size,
+        history_age_s=settings.history_age,
+        replicas=settings.nats_replicas,
+        liveness=liveness,
+    )
+
+
 class FeedServer:
     """One feed process: ``start()`` binds and begins loading; ``stop()`` drains."""
 
     def __init__(self, settings: FeedSettings, source: TickSource | None = None) -> None:
         self.settings = settings
         self.metrics = FeedMetrics()
-        self.hub = TickHub(settings.history_size)
         self.liveness = Liveness(settings.stale_after, dict(settings.stale_after_symbol))
         self.metrics.watch(self.liveness)
-        self.ingestor = Ingestor(
-            self.hub, self.liveness, settings.dedup_window, settings.max_symbols
-        )
+        self.hub = build_hub(settings, self.liveness)
+        self.ingestor = Ingestor(self.hub, settings.dedup_window, settings.max_symbols)
         self.source = source or build_source(settings)
         self.servicer = FeedServicer(
             self.hub, self.metrics, settings.heartbeat_interval, self.liveness
@@ -126,7 +141,10 @@ class FeedServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         log.info(
-            "feed_service listening on %s:%d (epoch %s)", shown_host, self.port, self.hub.epoch
+            "feed_service listening on %s:%d (backbone %s)",
+            shown_host,
+            self.port,
+            self.settings.backbone,
         )
         if self.metrics_port is not None:
             log.info("feed_service metrics on http://%s:%d/metrics", shown_host, self.metrics_port)
@@ -154,10 +172,12 @@ class FeedServer:
         self.hub.ready = True
         for service in ("", FEED_SERVICE_NAME, INGEST_SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("feed ready: %s, health SERVING", detail)
+        log.info("feed ready: %s, epoch %s, health SERVING", detail, self.hub.epoch)
 
     async def _run_source(self) -> None:
-        """Load the built-in source, then store its batches through the ingest path."""
+        """Join the backbone, load the built-in source, then store its batches through the
+        ingest path."""
+        await self.hub.start()
         source = self.source
         if source is None:
             await self._ready("no built-in source, producers only")
@@ -167,18 +187,30 @@ class FeedServer:
         except Exception:
             log.exception("feed source failed to load; the feed stays NOT_SERVING")
             return
-        self.hub.add_symbols(infos)
+        await self.hub.declare(infos)
         handle = self.liveness.source(source.name)
         await self._ready(f"source {source.name}, {len(infos)} symbols")
         metrics = self.metrics
         async for batch in source.batches(handle):
+            result = await self._ingest_source_batch(batch, handle)
+            if result is not None:
+                metrics.ticks_published.inc(result.accepted)
+                metrics.head_offset.set(result.last_offset)
+
+    async def _ingest_source_batch(
+        self, batch: list[ingest_pb2.TickDraft], handle: SourceHandle
+    ) -> IngestResult | None:
+        """Store a built-in source's batch; a bad tick is logged and the batch skipped, and a
+        backbone that cannot store now is waited for (the source pauses, nothing is skipped)."""
+        while True:
             try:
-                result = self.ingestor.ingest(batch, handle)
+                return await self.ingestor.ingest(batch, handle)
+            except NotReady as error:
+                log.warning("source %s: waiting for the backbone: %s", handle.name, error)
+                await asyncio.sleep(BACKBONE_RETRY_S)
             except FeedError as error:  # a source's bad tick: log it, keep the source running
-                log.warning("source %s: batch of %d refused: %s", source.name, len(batch), error)
-                continue
-            metrics.ticks_published.inc(result.accepted)
-            metrics.head_offset.set(result.last_offset)
+                log.warning("source %s: batch of %d refused: %s", handle.name, len(batch), error)
+                return None
 
     async def stop(self) -> None:
         """Drain: NOT_SERVING, end every stream with UNAVAILABLE, stop within the grace period."""
@@ -195,6 +227,7 @@ class FeedServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._source_task
         await self.server.stop(self.settings.grace_period)
+        await self.hub.close()
         log.info("feed_service stopped")
 
 

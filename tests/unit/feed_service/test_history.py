@@ -53,3 +53,18 @@ def test_extend_stores_a_contiguous_run_or_nothing() -> None:
         with pytest.raises(ValueError):
             history.extend([tick_pb2.Tick(symbol="X", offset=o) for o in bad])
     assert history.head_offset == 5
+
+
+def test_a_history_started_later_holds_only_what_follows_its_start() -> None:
+    history = TickHistory(3)
+    history.start_at(100)
+    assert (history.head_offset, history.earliest_offset, len(history)) == (99, 0, 0)
+    assert history.covers_after(99) and not history.covers_after(50)
+    for offset in range(100, 103):
+        history.append(tick_pb2.Tick(symbol="X", offset=offset))
+    assert (history.earliest_offset, history.head_offset, len(history)) == (100, 102, 3)
+    assert history.covers_after(99) and not history.covers_after(98)
+    history.append(tick_pb2.Tick(symbol="X", offset=103))
+    assert history.earliest_offset == 101 and not history.covers_after(99)
+    with pytest.raises(ValueError):
+        history.start_at(0)

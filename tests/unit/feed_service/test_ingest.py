@@ -23,7 +23,7 @@ def quote(bid: str = "1.0", ask: str = "1.1") -> ingest_pb2.TickDraft:
 
 def ingestor(dedup: int = 100, max_symbols: int = 10) -> tuple[Ingestor, TickHub]:
     hub = TickHub(history_size=1_000)
-    return Ingestor(hub, Liveness(stale_after=5), dedup, max_symbols), hub
+    return Ingestor(hub, dedup, max_symbols), hub
 
 
 BAD = [
@@ -62,23 +62,23 @@ def test_locked_quote_and_exact_decimals_pass() -> None:
     check_draft(0, trade(price="0.00000001"))
 
 
-def test_a_batch_is_all_or_nothing() -> None:
+async def test_a_batch_is_all_or_nothing() -> None:
     ingest, hub = ingestor()
     with pytest.raises(InvalidDraft, match=r"ticks\[2\]\.trade\.price"):
-        ingest.ingest([trade(), trade(), trade(price="1,5")], Liveness(5).source("p"))
+        await ingest.ingest([trade(), trade(), trade(price="1,5")], Liveness(5).source("p"))
     assert hub.head_offset == 0 and not hub.knows("NEW"), "nothing stored, no symbol declared"
 
 
-def test_duplicates_by_symbol_and_dedup_id_are_counted_not_stored() -> None:
+async def test_duplicates_by_symbol_and_dedup_id_are_counted_not_stored() -> None:
     ingest, _ = ingestor()
     source = Liveness(5).source("p")
-    first = ingest.ingest([trade(dedup="a"), trade(dedup="b"), trade()], source)
+    first = await ingest.ingest([trade(dedup="a"), trade(dedup="b"), trade()], source)
     assert (first.accepted, first.duplicates, first.last_offset) == (3, 0, 3)
-    again = ingest.ingest(
+    again = await ingest.ingest(
         [trade(dedup="a"), trade(dedup="c"), trade(dedup="c"), trade("OTHER", dedup="a")], source
     )
     assert (again.accepted, again.duplicates, again.last_offset) == (2, 2, 5)
-    only_dupes = ingest.ingest([trade(dedup="b")], source)
+    only_dupes = await ingest.ingest([trade(dedup="b")], source)
     assert (only_dupes.accepted, only_dupes.duplicates, only_dupes.last_offset) == (0, 1, 5)
     assert source.ticks == 5
 
@@ -90,20 +90,20 @@ def test_the_dedup_window_forgets_the_oldest_first() -> None:
     assert ("A", "1") not in window and ("A", "3") in window and len(window) == 2
 
 
-def test_new_symbols_are_declared_with_scales_and_the_cap_holds() -> None:
+async def test_new_symbols_are_declared_with_scales_and_the_cap_holds() -> None:
     ingest, hub = ingestor(max_symbols=2)
     source = Liveness(5).source("publish:desk")
-    ingest.ingest([trade("ONE", price="1.250"), trade("TWO")], source)
+    await ingest.ingest([trade("ONE", price="1.250"), trade("TWO")], source)
     info = {i.symbol: i for i in hub.symbols()}["ONE"]
     assert (info.price_scale, info.size_scale, info.source) == (3, 0, "publish:desk")
     with pytest.raises(LimitExceeded, match=r"ticks\[1\]\.symbol: THREE .* cap of 2"):
-        ingest.ingest([trade("ONE"), trade("THREE")], source)
+        await ingest.ingest([trade("ONE"), trade("THREE")], source)
     assert hub.head_offset == 2
 
 
-def test_a_tick_without_event_time_takes_the_ingest_time() -> None:
+async def test_a_tick_without_event_time_takes_the_ingest_time() -> None:
     ingest, hub = ingestor()
     draft = ingest_pb2.TickDraft(symbol="NEW", trade=tick_pb2.Trade(price="1", size="1"))
-    ingest.ingest([draft], Liveness(5).source("p"))
+    await ingest.ingest([draft], Liveness(5).source("p"))
     tick = next(hub.history.after(0, 1)).tick
     assert tick.event_time == tick.ingest_time

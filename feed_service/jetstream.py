@@ -1,0 +1,263 @@
+"""``--backbone nats``: the history is one NATS JetStream stream shared by every feed replica.
+
+Each replica keeps the in-process hub's state as a bounded cache of the stream's newest ticks,
+fed by one ordered consumer, so subscribers read memory and cost JetStream nothing; its writes
+go through :class:`feed_service.jetstream_writer.LogWriter`. A tick's ``offset`` is its stream
+sequence, the same on every replica; the ``epoch`` is derived from the stream's name and
+creation time, so it survives any feed restart and changes only when the stream is recreated.
+Symbol metadata lives in the key-value bucket ``<stream>_SYMBOLS``, which every replica watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+from tickstream.v1 import feed_pb2, ingest_pb2
+
+from .hub import TickHub
+from .jetstream_writer import LogWriter
+from .liveness import Liveness
+from .subjects import TickSubjects, symbol_token
+from .wire import StoredTick, varint
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_S = 5.0
+"""How long a resume from an offset this replica has not read yet (issued by another replica)
+waits for it before the subscriber is told the offset is ahead."""
+CONNECT_RETRY_S = 1.0
+MAX_ATOMIC_BATCH = 1_000  # nats-server's limit on one atomic batch (2.12+)
+_OFFSET_KEY = b"\x18"  # Tick.offset, field 3, varint (tick.proto)
+
+
+def epoch_of(info: StreamInfo) -> str:
+    """16 hex digits from the stream's name and creation time: every replica derives the same,
+    and only a recreated stream (a new creation time) changes it."""
+    assert info.created is not None
+    identity = f"{info.config.name}@{info.created.isoformat()}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+class JetStreamHub(TickHub):
+    """A :class:`TickHub` whose ticks are numbered in, and read back from, a JetStream stream.
+
+    ``start`` connects (retrying until a server answers), creates or updates the stream and the
+    symbols bucket, reads the newest ``history_size`` ticks and follows the stream from there.
+    """
+
+    catch_up_s = CATCH_UP_S
+
+    def __init__(
+        self,
+        servers: list[str],
+        stream: str,
+        history_size: int,
+        *,
+        history_age_s: float = 0.0,
+        replicas: int = 1,
+        liveness: Liveness | None = None,
+    ) -> None:
+        super().__init__(history_size, liveness=liveness)
+        self.epoch = ""
+        self._servers = servers
+        self._stream = stream
+        self._history_age_s = history_age_s
+        self._replicas = replicas
+        self.subjects = TickSubjects(stream)
+        self._nc: Client | None = None
+        self._writer: LogWriter | None = None
+        self._kv: KeyValue | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: list[Msg] = []
+        self._flush_scheduled = False
+
+    async def start(self) -> None:
+        """Join the stream: connect, create it if need be, load the cache and follow it."""
+        nc = self._nc = await self._connect()
+        js = nc.jetstream()
+        info = await self._ensure_stream(js)
+        self.epoch = epoch_of(info)
+        self._kv = await self._symbols_bucket(js)
+        await self._follow_symbols(self._kv)
+        first = max(1, info.state.first_seq, info.state.last_seq - self.history.capacity + 1)
+        self.history.start_at(first)
+        await js.subscribe(
+            self.subjects.wildcard,
+            stream=self._stream,
+            cb=self._on_message,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first
+            ),
+        )
+        while self.head_offset < info.state.last_seq:
+            await self.wait_beyond(info.state.last_seq - 1, 1.0)
+        self._writer = LogWriter(nc, js, self._stream, self.subjects)
+        log.info(
+            "backbone: stream %s (epoch %s), offsets %d..%d read, following",
+            self._stream,
+            self.epoch,
+            self.history.earliest_offset,
+            self.head_offset,
+        )
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+
+    async def append(self, drafts: Sequence[ingest_pb2.TickDraft], ingest_ns: int) -> int:
+        """Store ``drafts`` in the stream (see :class:`LogWriter`); the last offset. This
+        replica's cache receives them from the stream like any other replica's.
+
+        JetStream stores at most MAX_ATOMIC_BATCH messages atomically, so a longer batch (only
+        a built-in source's: ``--max-batch`` is held to that with this backbone) is stored as
+        consecutive atomic parts."""
+        if self._writer is None:
+            raise RuntimeError("append before start")
+        last = self.head_offset
+        for start in range(0, len(drafts), MAX_ATOMIC_BATCH):
+            last = await self._writer.append(drafts[start : start + MAX_ATOMIC_BATCH], ingest_ns)
+        return last
+
+    async def declare(self, infos: Iterable[feed_pb2.SymbolInfo]) -> None:
+        """Declare symbols here and, through the symbols bucket, on every replica."""
+        infos = list(infos)
+        self.add_symbols(infos)
+        if self._kv is not None:
+            for info in infos:
+                await self._kv.put(symbol_token(info.symbol), info.SerializeToString())
+
+    async def _connect(self) -> Client:
+        while True:
+            try:
+                return await nats.connect(
+                    self._servers,
+                    name="tickstream-feed",
+                    connect_timeout=2,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    allow_reconnect=True,
+                    error_cb=_log_error,
+                    disconnected_cb=_log_disconnected,
+                    reconnected_cb=_log_reconnected,
+                )
+            except (nats.errors.Error, OSError) as error:
+                log.warning("backbone: cannot reach %s (%r); retrying", self._servers, error)
+                await asyncio.sleep(CONNECT_RETRY_S)
+
+    def _stream_config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self._stream,
+            subjects=[self.subjects.wildcard],
+            max_msgs=self.history.capacity,
+            max_age=self._history_age_s or None,
+            storage=StorageType.FILE,
+            num_replicas=self._replicas,
+            allow_atomic=True,
+        )
+
+    async def _ensure_stream(self, js: JetStreamContext) -> StreamInfo:
+        """The stream's info, after creating it, or updating its limits to this feed's."""
+        config = self._stream_config()
+        while True:
+            try:
+                info = await js.stream_info(self._stream)
+            except NotFoundError:
+                try:
+                    return await js.add_stream(config)
+                except BadRequestError:  # another replica created it first
+                    continue
+            except (nats.errors.Error, OSError) as error:
+                log.warning("backbone: stream %s not available (%r); retrying", self._stream, error)
+                await asyncio.sleep(CONNECT_RETRY_S)
+                continue
+            current = info.config
+            if (current.max_msgs, current.max_age or None, current.allow_atomic) != (
+                config.max_msgs,
+                config.max_age,
+                True,
+            ):
+                config.num_replicas = current.num_replicas
+                info = await js.update_stream(config)
+            return info
+
+    async def _symbols_bucket(self, js: JetStreamContext) -> KeyValue:
+        bucket = f"{self._stream}_SYMBOLS"
+        try:
+            return await js.key_value(bucket)
+        except NotFoundError:
+            return await js.create_key_value(bucket=bucket, replicas=self._replicas)
+
+    async def _follow_symbols(self, kv: KeyValue) -> None:
+        """Declare every symbol in the bucket, and keep declaring those added later."""
+        watcher = await kv.watchall()
+        while (entry := await watcher.updates(timeout=30)) is not None:
+            self._declare_entry(entry)
+
+        async def follow() -> None:
+            async for entry in watcher:
+                if entry is not None:
+                    self._declare_entry(entry)
+
+        self._tasks.append(asyncio.create_task(follow(), name="backbone-symbols"))
+
+    def _declare_entry(self, entry: KeyValue.Entry) -> None:
+        if entry.value:
+            self.add_symbols([feed_pb2.SymbolInfo.FromString(entry.value)])
+
+    async def _on_message(self, msg: Msg) -> None:
+        """The ordered consumer's callback: gather, and store once per burst."""
+        self._pending.append(msg)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Store the gathered messages as ticks (offset = stream sequence)."""
+        self._flush_scheduled = False
+        messages, self._pending = self._pending, []
+        parse, known, of_body = self.subjects.parse, self.known_symbols, StoredTick.of_body
+        ticks: list[StoredTick] = []
+        head = self.head_offset
+        for msg in messages:
+            offset = msg.metadata.sequence.stream
+            if offset <= head:
+                continue  # already stored (a consumer reset redelivers)
+            symbol, kind = parse(msg.subject)
+            if symbol not in known:  # its bucket entry is still on its way
+                self.add_symbols([feed_pb2.SymbolInfo(symbol=symbol)])
+            ticks.append(of_body(offset, symbol, kind, msg.data + _OFFSET_KEY + varint(offset)))
+            head = offset
+        if ticks and ticks[0].offset != self.head_offset + 1:
+            log.warning(
+                "backbone: offsets %d..%d were removed before this replica read them",
+                self.head_offset + 1,
+                ticks[0].offset - 1,
+            )
+            self.history.start_at(ticks[0].offset)
+        self.store(ticks, self.clock_ns())
+
+
+async def _log_error(error: Exception) -> None:
+    log.warning("backbone: NATS: %r", error)
+
+
+async def _log_disconnected() -> None:
+    log.warning("backbone: disconnected from NATS; reconnecting")
+
+
+async def _log_reconnected() -> None:
+    log.warning("backbone: reconnected to NATS")

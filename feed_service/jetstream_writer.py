@@ -1,0 +1,234 @@
+"""The writing half of the JetStream backbone: numbers a batch and appends it to the stream.
+
+Any feed replica may take producers' ticks for any symbol, and the per-(symbol, type)
+``sequence`` must still run 1, 2, 3... with no gap or repeat. JetStream enforces it: the first
+message of a batch on each subject carries ``Nats-Expected-Last-Subject-Sequence``, the stream
+sequence of that subject's last message as this writer knows it. When another replica wrote the
+subject since, the stream refuses the whole batch (error 10071, "wrong last sequence"); the
+writer reads the subjects' last messages, numbers the batch again after them and retries. So two
+writers of one symbol take turns batch by batch and never interleave numbers.
+
+A batch of several messages is one JetStream atomic batch (``Nats-Batch-Id``,
+``Nats-Batch-Sequence``, ``Nats-Batch-Commit``; the stream needs ``allow_atomic``): stored
+whole, at contiguous stream sequences, or not at all. A single message is a plain publish, which
+is atomic by itself and, on one file-backed node, about 5 ms faster than a one-message atomic
+batch (1.2 ms against 6 ms a publish, measured here with nats-server 2.15.1).
+
+A stored message is the tick's bytes without its offset (the offset is the stream sequence, known
+only once stored): a ``TickDraft``'s bytes, its ``sequence`` and its times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import nats.errors
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+from tickstream.v1 import ingest_pb2, tick_pb2
+
+from .errors import NotReady
+from .subjects import TickSubjects
+from .wire import event_time_field, ingest_time_field, varint
+
+log = logging.getLogger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071
+"""JetStream's error code when ``Nats-Expected-Last-Subject-Sequence`` does not hold."""
+REQUEST_TIMEOUT_S = 2.0
+APPEND_DEADLINE_S = 15.0
+"""How long one batch keeps trying (through leader elections and reconnects) before the caller
+gets NotReady. A node of a three-node cluster lost mid-publish costs a few seconds here."""
+RETRY_PAUSE_S = 0.05
+_SEQUENCE_KEY = b"\x10"  # Tick.sequence, field 2, varint (tick.proto)
+
+
+class SubjectHead(NamedTuple):
+    """A subject's last stored message: its stream sequence and its tick's ``sequence``."""
+
+    stream_seq: int
+    sequence: int
+
+
+class Conflict(Exception):
+    """Another writer stored on one of the batch's subjects since this writer last looked."""
+
+
+class Uncertain(Exception):
+    """The batch was sent but its acknowledgement never came: it may or may not be stored."""
+
+
+class LogWriter:
+    """Appends numbered batches to one stream; one batch at a time per writer (a lock), so a
+    replica's own batches never conflict with each other."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, stream: str, subjects: TickSubjects):
+        self._nc = nc
+        self._js = js
+        self._stream = stream
+        self._subjects = subjects
+        self._heads: dict[str, SubjectHead] = {}
+        self._lock = asyncio.Lock()
+
+    async def append(self, drafts: Sequence[ingest_pb2.TickDraft], ingest_ns: int) -> int:
+        """Number and store ``drafts`` in order, all or nothing; the stream sequence (offset) of
+        the last. Raises NotReady when the stream could not take them within the deadline."""
+        subjects = [
+            self._subjects.subject(d.symbol, tick_pb2.TICK_TYPE_TRADE)
+            if d.HasField("trade")
+            else self._subjects.subject(d.symbol, tick_pb2.TICK_TYPE_QUOTE)
+            for d in drafts
+        ]
+        bodies = [draft.SerializeToString() for draft in drafts]
+        times = _time_fields(drafts, ingest_ns)
+        deadline = time.monotonic() + APPEND_DEADLINE_S
+        unsure: list[str] = []  # ids of attempts that may have been stored
+        async with self._lock:
+            while True:
+                batch_id = uuid.uuid4().hex
+                try:
+                    # An attempt whose acknowledgement was lost may be stored: look before
+                    # numbering again after it, which would store the ticks twice.
+                    stored = await self._stored_attempt(unsure, subjects)
+                    if stored is not None:
+                        return stored
+                    await self._learn(subjects)
+                    messages, heads = self._number(subjects, bodies, times)
+                    last = await self._send(batch_id, subjects, messages)
+                except Conflict:
+                    self._forget(subjects)
+                except Uncertain:
+                    unsure.append(batch_id)
+                    self._forget(subjects)
+                except (nats.errors.Error, OSError) as error:
+                    log.warning("backbone: append failed, retrying: %r", error)
+                    self._forget(subjects)
+                else:
+                    self._remember(heads, last - len(messages))
+                    return last
+                if time.monotonic() > deadline:
+                    raise NotReady(
+                        "the backbone (NATS JetStream) did not store the batch in "
+                        f"{APPEND_DEADLINE_S:g} s; nothing was acknowledged, retry"
+                    )
+                await asyncio.sleep(RETRY_PAUSE_S)
+
+    async def _learn(self, subjects: list[str]) -> None:
+        """Read the last message of every subject this writer knows nothing of."""
+        for subject in dict.fromkeys(subjects):
+            if subject not in self._heads:
+                self._heads[subject] = await self._last_message(subject)
+
+    async def _last_message(self, subject: str) -> SubjectHead:
+        try:
+            message = await self._js.get_last_msg(self._stream, subject)
+        except NotFoundError:
+            return SubjectHead(0, 0)
+        assert message.seq is not None and message.data is not None
+        return SubjectHead(message.seq, tick_pb2.Tick.FromString(message.data).sequence)
+
+    def _number(
+        self, subjects: list[str], bodies: list[bytes], times: list[bytes]
+    ) -> tuple[list[tuple[bytes, int | None]], dict[str, tuple[int, int]]]:
+        """Each message's bytes and its subject's expected last stream sequence (None after the
+        subject's first message); each subject's (index of its last message, its sequence)."""
+        heads = self._heads
+        counters: dict[str, int] = {}
+        messages: list[tuple[bytes, int | None]] = []
+        last_of: dict[str, tuple[int, int]] = {}
+        for index, (subject, body, stamp) in enumerate(zip(subjects, bodies, times, strict=True)):
+            head = heads[subject]
+            expected = head.stream_seq if subject not in counters else None
+            sequence = counters.get(subject, head.sequence) + 1
+            counters[subject] = sequence
+            messages.append((body + _SEQUENCE_KEY + varint(sequence) + stamp, expected))
+            last_of[subject] = (index, sequence)
+        return messages, last_of
+
+    async def _send(
+        self, batch_id: str, subjects: list[str], messages: list[tuple[bytes, int | None]]
+    ) -> int:
+        """Publish the batch; the stream sequence of its last message. Raises Conflict or
+        Uncertain, or nats errors when the stream cannot be reached."""
+        nc, count = self._nc, len(messages)
+        reply = None
+        try:
+            if count == 1:
+                data, expected = messages[0]
+                headers = {"Nats-Msg-Id": batch_id, **_expect(expected)}
+                reply = await nc.request(subjects[0], data, REQUEST_TIMEOUT_S, headers=headers)
+            else:
+                for position, (subject, (data, expected)) in enumerate(
+                    zip(subjects, messages, strict=True), 1
+                ):
+                    headers = {
+                        "Nats-Batch-Id": batch_id,
+                        "Nats-Batch-Sequence": str(position),
+                        **_expect(expected),
+                    }
+                    if position < count:
+                        await nc.publish(subject, data, headers=headers)
+                    else:
+                        headers["Nats-Batch-Commit"] = "1"
+                        reply = await nc.request(subject, data, REQUEST_TIMEOUT_S, headers=headers)
+        except nats.errors.TimeoutError:
+            raise Uncertain from None
+        assert reply is not None
+        ack = json.loads(reply.data)
+        error = ack.get("error")
+        if error is None:
+            return int(ack["seq"])
+        if error.get("err_code") == WRONG_LAST_SEQUENCE:
+            raise Conflict(error.get("description", ""))
+        raise nats.errors.Error(f"JetStream refused the batch: {error}")
+
+    async def _stored_attempt(self, unsure: list[str], subjects: list[str]) -> int | None:
+        """The last stream sequence of an earlier attempt of this batch that was stored although
+        its acknowledgement was lost (a subject's last message carries its id), or None. An
+        attempt is stored at contiguous sequences, so the position of that message in it gives
+        its end. (Were every subject of the batch written by another replica in between, this
+        could not tell, and the batch would be stored twice: it takes a lost acknowledgement and
+        a concurrent writer of all its symbols within one retry pause.)"""
+        if not unsure:
+            return None
+        count = len(subjects)
+        for subject in dict.fromkeys(subjects):
+            try:
+                message = await self._js.get_last_msg(self._stream, subject)
+            except NotFoundError:
+                continue
+            headers = message.headers or {}
+            attempt = headers.get("Nats-Batch-Id") or headers.get("Nats-Msg-Id")
+            if attempt in unsure and message.seq is not None:
+                position = int(headers.get("Nats-Batch-Sequence", "1"))
+                last = message.seq - position + count
+                self._forget(subjects)
+                return last
+        return None
+
+    def _remember(self, heads: dict[str, tuple[int, int]], before: int) -> None:
+        """Stored at ``before + 1`` onwards: each subject's last message is now this batch's."""
+        for subject, (index, sequence) in heads.items():
+            self._heads[subject] = SubjectHead(before + 1 + index, sequence)
+
+    def _forget(self, subjects: list[str]) -> None:
+        for subject in subjects:
+            self._heads.pop(subject, None)
+
+
+def _expect(expected: int | None) -> dict[str, str]:
+    return {} if expected is None else {"Nats-Expected-Last-Subject-Sequence": str(expected)}
+
+
+def _time_fields(drafts: Sequence[ingest_pb2.TickDraft], ingest_ns: int) -> list[bytes]:
+    """Each tick's time fields: ingest_time, and event_time too when the draft has none."""
+    ingest_field = ingest_time_field(ingest_ns)
+    both = event_time_field(ingest_ns) + ingest_field
+    return [ingest_field if d.HasField("event_time") else both for d in drafts]
