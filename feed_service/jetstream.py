@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
 
 import nats
 import nats.errors
@@ -21,7 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig, StreamInfo
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from tickstream.v1 import feed_pb2, ingest_pb2
 
@@ -32,6 +33,7 @@ from .subjects import TickSubjects, symbol_token
 from .wire import StoredTick, varint
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CATCH_UP_S = 5.0
 """How long a resume from an offset this replica has not read yet (issued by another replica)
@@ -83,22 +85,26 @@ class JetStreamHub(TickHub):
         self._flush_scheduled = False
 
     async def start(self) -> None:
-        """Join the stream: connect, create it if need be, load the cache and follow it."""
+        """Join the stream: connect, create it if need be, load the cache and follow it. Waits
+        (retrying) while no server answers or the cluster has no JetStream leader yet."""
         nc = self._nc = await self._connect()
         js = nc.jetstream()
-        info = await self._ensure_stream(js)
+        info = await _retrying("stream", lambda: self._ensure_stream(js))
         self.epoch = epoch_of(info)
-        self._kv = await self._symbols_bucket(js)
-        await self._follow_symbols(self._kv)
+        kv = self._kv = await _retrying("symbols bucket", lambda: self._symbols_bucket(js))
+        await _retrying("symbols", lambda: self._follow_symbols(kv))
         first = max(1, info.state.first_seq, info.state.last_seq - self.history.capacity + 1)
         self.history.start_at(first)
-        await js.subscribe(
-            self.subjects.wildcard,
-            stream=self._stream,
-            cb=self._on_message,
-            ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first
+        await _retrying(
+            "consumer",
+            lambda: js.subscribe(
+                self.subjects.wildcard,
+                stream=self._stream,
+                cb=self._on_message,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first
+                ),
             ),
         )
         while self.head_offset < info.state.last_seq:
@@ -172,27 +178,19 @@ class JetStreamHub(TickHub):
     async def _ensure_stream(self, js: JetStreamContext) -> StreamInfo:
         """The stream's info, after creating it, or updating its limits to this feed's."""
         config = self._stream_config()
-        while True:
-            try:
-                info = await js.stream_info(self._stream)
-            except NotFoundError:
-                try:
-                    return await js.add_stream(config)
-                except BadRequestError:  # another replica created it first
-                    continue
-            except (nats.errors.Error, OSError) as error:
-                log.warning("backbone: stream %s not available (%r); retrying", self._stream, error)
-                await asyncio.sleep(CONNECT_RETRY_S)
-                continue
-            current = info.config
-            if (current.max_msgs, current.max_age or None, current.allow_atomic) != (
-                config.max_msgs,
-                config.max_age,
-                True,
-            ):
-                config.num_replicas = current.num_replicas
-                info = await js.update_stream(config)
-            return info
+        try:
+            info = await js.stream_info(self._stream)
+        except NotFoundError:
+            return await js.add_stream(config)  # BadRequest if another replica was first: retried
+        current = info.config
+        if (current.max_msgs, current.max_age or None, current.allow_atomic) != (
+            config.max_msgs,
+            config.max_age,
+            True,
+        ):
+            config.num_replicas = current.num_replicas
+            info = await js.update_stream(config)
+        return info
 
     async def _symbols_bucket(self, js: JetStreamContext) -> KeyValue:
         bucket = f"{self._stream}_SYMBOLS"
@@ -249,6 +247,16 @@ class JetStreamHub(TickHub):
             )
             self.history.start_at(ticks[0].offset)
         self.store(ticks, self.clock_ns())
+
+
+async def _retrying(what: str, step: Callable[[], Awaitable[T]]) -> T:
+    """``step()``'s result, trying again every CONNECT_RETRY_S while NATS refuses it."""
+    while True:
+        try:
+            return await step()
+        except (nats.errors.Error, OSError) as error:
+            log.warning("backbone: %s not available yet (%r); retrying", what, error)
+            await asyncio.sleep(CONNECT_RETRY_S)
 
 
 async def _log_error(error: Exception) -> None:

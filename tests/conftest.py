@@ -8,7 +8,18 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.support import BTC_FILE, ETH_FILE, ServiceProcess, replay_args, start_edge, start_feed
+from tests.support import (
+    BTC_FILE,
+    ETH_FILE,
+    RECORDED_TICKS,
+    ServiceProcess,
+    nats_url,
+    replay_args,
+    start_edge,
+    start_feed,
+    start_nats,
+    wait_head,
+)
 
 
 @dataclass
@@ -58,6 +69,58 @@ def replay_stack() -> Iterator[Stack]:
 def live_stack() -> Iterator[Stack]:
     """The bundled real data replayed at 4x its recorded pace in a loop: a steady live stream."""
     yield from running_stack(replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True))
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One JetStream nats-server for the session's ``--backbone nats`` stacks (each uses a
+    stream of its own)."""
+    server = start_nats(tmp_path_factory.mktemp("jetstream"))
+    yield server
+    server.stop()
+
+
+def nats_args(server: ServiceProcess, stream: str) -> list[str]:
+    return ["--backbone", "nats", "--nats-url", nats_url(server), "--nats-stream", stream]
+
+
+@pytest.fixture(scope="session")
+def nats_replay_stack(nats_server: ServiceProcess) -> Iterator[Stack]:
+    """:func:`replay_stack` with its feed on the JetStream backbone, yielded once the whole
+    recording is in the stream (the feed is ready as soon as the replay starts)."""
+    stacks = running_stack(
+        [
+            *replay_args(BTC_FILE, ETH_FILE, speed="0"),
+            "--stale-after",
+            "86400",
+            *nats_args(nats_server, "REPLAY"),
+        ]
+    )
+    stack = next(stacks)
+    wait_head(stack.feed, RECORDED_TICKS)
+    yield stack
+    next(stacks, None)
+
+
+@pytest.fixture(scope="session")
+def nats_live_stack(nats_server: ServiceProcess) -> Iterator[Stack]:
+    """:func:`live_stack` with its feed on the JetStream backbone."""
+    yield from running_stack(
+        [*replay_args(BTC_FILE, ETH_FILE, speed="4", loop=True), *nats_args(nats_server, "LIVE")]
+    )
+
+
+@pytest.fixture(params=["memory", "nats"])
+def backbone_replay_stack(request: pytest.FixtureRequest) -> Stack:
+    """:func:`replay_stack` on each backbone: the core history and exactness tests run on both."""
+    name = "replay_stack" if request.param == "memory" else "nats_replay_stack"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture(params=["memory", "nats"])
+def backbone_live_stack(request: pytest.FixtureRequest) -> Stack:
+    """:func:`live_stack` on each backbone: the core resume tests run on both."""
+    return request.getfixturevalue("live_stack" if request.param == "memory" else "nats_live_stack")
 
 
 @pytest.fixture

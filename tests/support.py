@@ -23,7 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "binance" / "spot"
 BTC_FILE = DATA / "btcusdt_20240808.gz"
+BTC_TICKS = 37_797
 ETH_FILE = DATA / "ethusdt_20240808.gz"
+RECORDED_TICKS = 67_980  # both files
 STARTUP_TIMEOUT_S = 30.0
 
 
@@ -221,6 +223,15 @@ def metric_value(service: ServiceProcess, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"metric {name} not found")
+
+
+def wait_head(feed: ServiceProcess, offset: int, within: float = 60.0) -> None:
+    """Wait until the feed has stored ``offset`` (its head offset metric): a replay into
+    JetStream takes seconds where the in-process hub takes a blink."""
+    deadline = time.monotonic() + within
+    while metric_value(feed, "tickstream_feed_head_offset") < offset:
+        assert time.monotonic() < deadline, f"the feed never reached offset {offset}"
+        time.sleep(0.1)
 
 
 @dataclass

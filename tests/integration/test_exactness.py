@@ -1,4 +1,5 @@
-"""Acceptance 2: real recorded trades reach an SSE client value-exact and numbered right."""
+"""Acceptance 2: real recorded trades reach an SSE client value-exact and numbered right, on
+either backbone (issue 12)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,11 @@ def event_time_ms(text: str) -> int:
 
 
 async def test_first_2000_btcusdt_trades_match_the_file(
-    replay_stack: Stack, http: httpx.AsyncClient
+    backbone_replay_stack: Stack, http: httpx.AsyncClient
 ) -> None:
     events = await collect(
         http,
-        f"{replay_stack.base_url}/sse/BTCUSDT?last_event_id=earliest",
+        f"{backbone_replay_stack.base_url}/sse/BTCUSDT?last_event_id=earliest",
         count=TRADES,
         kinds=("trade",),
     )

@@ -11,19 +11,24 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
-from tests.conftest import Stack
-from tests.support import BTC_FILE, ServiceProcess, replay_args, start_feed
+from tests.conftest import Stack, nats_args
+from tests.support import BTC_FILE, BTC_TICKS, ServiceProcess, replay_args, start_feed, wait_head
 
 
 @pytest.fixture
-async def stub(replay_stack: Stack) -> AsyncIterator[feed_pb2_grpc.FeedServiceStub]:
-    async with grpc.aio.insecure_channel(replay_stack.feed_target) as channel:
+async def stub(backbone_replay_stack: Stack) -> AsyncIterator[feed_pb2_grpc.FeedServiceStub]:
+    async with grpc.aio.insecure_channel(backbone_replay_stack.feed_target) as channel:
         yield feed_pb2_grpc.FeedServiceStub(channel)
 
 
-@pytest.fixture(scope="module")
-def small_history_feed() -> Iterator[ServiceProcess]:
-    feed = start_feed(*replay_args(BTC_FILE), "--history-size", "1000")
+@pytest.fixture(scope="module", params=["memory", "nats"])
+def small_history_feed(request: pytest.FixtureRequest) -> Iterator[ServiceProcess]:
+    """A feed keeping 1,000 ticks: in memory, or as the limit of its JetStream stream."""
+    backbone: list[str] = []
+    if request.param == "nats":
+        backbone = nats_args(request.getfixturevalue("nats_server"), "SMALL")
+    feed = start_feed(*replay_args(BTC_FILE), "--history-size", "1000", *backbone)
+    wait_head(feed, BTC_TICKS)
     yield feed
     feed.stop()
 
@@ -46,14 +51,14 @@ def ticks_of(responses: list[feed_pb2.SubscribeResponse]) -> list[tick_pb2.Tick]
 
 
 async def test_list_symbols_and_health(
-    stub: feed_pb2_grpc.FeedServiceStub, replay_stack: Stack
+    stub: feed_pb2_grpc.FeedServiceStub, backbone_replay_stack: Stack
 ) -> None:
     reply = await stub.ListSymbols(feed_pb2.ListSymbolsRequest())
     assert [s.symbol for s in reply.symbols] == ["BTCUSDT", "ETHUSDT"]
     assert reply.symbols[0].price_scale == 8
     assert reply.symbols[0].source == "replay:binance-spot"
     assert len(reply.epoch) == 16
-    async with grpc.aio.insecure_channel(replay_stack.feed_target) as channel:
+    async with grpc.aio.insecure_channel(backbone_replay_stack.feed_target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "tickstream.v1.FeedService"):
             status = await health.Check(health_pb2.HealthCheckRequest(service=service))

@@ -1,4 +1,5 @@
-"""Acceptance 4: reconnecting with Last-Event-ID continues exactly after the last event seen."""
+"""Acceptance 4: reconnecting with Last-Event-ID continues exactly after the last event seen,
+on either backbone (issue 12)."""
 
 from __future__ import annotations
 
@@ -58,9 +59,9 @@ def assert_resumed_after(
     "path", ["/sse/BTCUSDT", "/sse?symbols=BTCUSDT,ETHUSDT"], ids=["one-symbol", "two-symbols"]
 )
 async def test_reconnect_with_last_event_id_gets_event_k_plus_1_next(
-    live_stack: Stack, http: httpx.AsyncClient, path: str
+    backbone_live_stack: Stack, http: httpx.AsyncClient, path: str
 ) -> None:
-    url = live_stack.base_url + path
+    url = backbone_live_stack.base_url + path
     ready = asyncio.Event()
     reference = asyncio.create_task(_reference(http, url, ready, BEFORE + AFTER + 3_000))
     await ready.wait()
