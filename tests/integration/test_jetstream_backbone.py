@@ -1,0 +1,274 @@
+"""Feed replicas on one NATS JetStream stream (issue 12): real nats-server processes (one, or a
+three-node cluster with stream replicas = 3), real feed processes, grpcio clients. Every
+replica serves the same history, offsets and epoch; two replicas taking producers for one
+symbol keep its sequence contiguous; restarts keep the epoch and every resume point; losing a
+NATS node loses nothing a producer was told is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+from tickstream.v1 import feed_pb2, feed_pb2_grpc, ingest_pb2, ingest_pb2_grpc, tick_pb2
+
+from tests.conftest import nats_args
+from tests.integration.test_publish import publish
+from tests.support import (
+    BTC_FILE,
+    BTC_TICKS,
+    LIVE_REPLAY,
+    ServiceProcess,
+    nats_url,
+    replay_args,
+    services,
+    start_feed,
+    start_nats,
+    start_nats_cluster,
+    wait_head,
+)
+
+NO_SOURCE = ("--source", "none")
+
+
+@pytest.fixture
+def one_node(tmp_path: Path) -> Iterator[ServiceProcess]:
+    server = start_nats(tmp_path / "nats")
+    with services(server):
+        yield server
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
+    nodes = start_nats_cluster(tmp_path / "cluster")
+    with services(*nodes):
+        yield nodes
+
+
+def target(feed: ServiceProcess) -> str:
+    return f"127.0.0.1:{feed.port}"
+
+
+async def ticks_from(
+    feed: ServiceProcess,
+    count: int,
+    *,
+    symbols: tuple[str, ...] = ("BTCUSDT",),
+    after: feed_pb2.StreamPosition | None = None,
+) -> tuple[list[feed_pb2.SubscribeResponse], list[tick_pb2.Tick]]:
+    """The responses of a Subscribe (from earliest unless ``after``) until ``count`` ticks."""
+    request = feed_pb2.SubscribeRequest(symbols=symbols)
+    if after is not None:
+        request.after.CopyFrom(after)
+    else:
+        request.earliest = True
+    responses: list[feed_pb2.SubscribeResponse] = []
+    ticks: list[tick_pb2.Tick] = []
+    async with grpc.aio.insecure_channel(target(feed)) as channel:
+        call = feed_pb2_grpc.FeedServiceStub(channel).Subscribe(request)
+        async with asyncio.timeout(60):
+            async for response in call:
+                responses.append(response)
+                ticks.extend(response.ticks.ticks)
+                if len(ticks) >= count:
+                    break
+        call.cancel()
+    return responses, ticks
+
+
+async def list_symbols(feed: ServiceProcess) -> feed_pb2.ListSymbolsResponse:
+    async with grpc.aio.insecure_channel(target(feed)) as channel:
+        return await feed_pb2_grpc.FeedServiceStub(channel).ListSymbols(
+            feed_pb2.ListSymbolsRequest()
+        )
+
+
+def trade(symbol: str, producer: str, n: int) -> ingest_pb2.TickDraft:
+    body = tick_pb2.Trade(price=f"{100 + n % 50}.5", size="1", trade_id=f"{producer}-{n}")
+    return ingest_pb2.TickDraft(symbol=symbol, trade=body, dedup_id=f"{producer}-{n}")
+
+
+def producer_batches(producer: str, count: int) -> list[ingest_pb2.PublishRequest]:
+    """``count`` batches of 1 to 12 SHARED trades (every fifth with an OTHER trade too)."""
+    batches, n = [], 0
+    for index in range(count):
+        drafts = []
+        for _ in range(1 + (index * 7) % 12):
+            drafts.append(trade("SHARED", producer, n))
+            n += 1
+        if index % 5 == 0:
+            drafts.append(trade("OTHER", producer, n))
+            n += 1
+        batches.append(ingest_pb2.PublishRequest(ticks=drafts, batch_id=index))
+    return batches
+
+
+def assert_one_sequence(ticks: list[tick_pb2.Tick], symbol: str) -> list[str]:
+    """``symbol``'s trades are numbered 1, 2, 3... in offset order; their trade ids."""
+    mine = [t for t in ticks if t.symbol == symbol]
+    assert [t.sequence for t in mine] == list(range(1, len(mine) + 1))
+    assert all(a.offset < b.offset for a, b in itertools.pairwise(mine))
+    return [t.trade.trade_id for t in mine]
+
+
+async def test_replicas_serve_one_history(one_node: ServiceProcess) -> None:
+    url = nats_args(one_node, "TICKS")
+    a = start_feed(*replay_args(BTC_FILE), *url)
+    with services(a):
+        b = start_feed(*NO_SOURCE, *url)
+        with services(b):
+            wait_head(a, BTC_TICKS)
+            listed = [await list_symbols(feed) for feed in (a, b)]
+            for reply in listed:
+                for info in reply.symbols:
+                    info.ClearField("last_tick_time")  # when this replica read the last tick
+            assert listed[0] == listed[1], "the same symbols, metadata and epoch on both"
+            info = listed[1].symbols[0]
+            assert (info.symbol, info.price_scale, info.source) == (
+                "BTCUSDT",
+                8,
+                "replay:binance-spot",
+            )
+            _, from_a = await ticks_from(a, 5_000)
+            _, from_b = await ticks_from(b, 5_000)
+            assert [t.offset for t in from_a[:5_000]] == list(range(1, 5_001))
+            assert [t.SerializeToString() for t in from_a[:5_000]] == [
+                t.SerializeToString() for t in from_b[:5_000]
+            ]
+            # A tick published through B is served by A at the offset B acknowledged.
+            ack = (await publish(target(b), producer_batches("solo", 1)))[0]
+            assert ack.epoch == listed[0].epoch and ack.last_offset == BTC_TICKS + 2  # 2 ticks
+            _, shared = await ticks_from(a, 1, symbols=("SHARED",))
+            assert (shared[0].offset, shared[0].sequence) == (BTC_TICKS + 1, 1)
+
+
+async def test_two_producers_of_one_symbol_through_two_replicas_share_one_sequence(
+    one_node: ServiceProcess,
+) -> None:
+    url = nats_args(one_node, "TICKS")
+    a, b = start_feed(*NO_SOURCE, *url), start_feed(*NO_SOURCE, *url)
+    with services(a, b):
+        acks = await asyncio.gather(
+            publish(target(a), producer_batches("left", 120)),
+            publish(target(b), producer_batches("right", 120)),
+        )
+        stored = sum(ack.accepted for ack in itertools.chain(*acks))
+        _, ticks = await ticks_from(b, stored, symbols=("SHARED", "OTHER"))
+        assert [t.offset for t in ticks] == list(range(1, stored + 1)), "no gap, no repeat"
+        ids = assert_one_sequence(ticks, "SHARED") + assert_one_sequence(ticks, "OTHER")
+        for producer in ("left", "right"):
+            sent = [d.trade.trade_id for r in producer_batches(producer, 120) for d in r.ticks]
+            theirs = [i for i in ids if i.startswith(f"{producer}-")]
+            assert sorted(theirs, key=lambda i: int(i.split("-")[1])) == sent, "each once"
+        shared = [t.trade.trade_id for t in ticks if t.symbol == "SHARED"]
+        for producer in ("left", "right"):
+            order = [int(i.split("-")[1]) for i in shared if i.startswith(f"{producer}-")]
+            assert order == sorted(order), "a producer's ticks keep their order"
+
+
+async def test_restarting_every_replica_keeps_the_epoch_and_every_resume_point(
+    one_node: ServiceProcess,
+) -> None:
+    url = nats_args(one_node, "TICKS")
+    a, b = start_feed(*LIVE_REPLAY, *url), start_feed(*NO_SOURCE, *url)
+    try:
+        _, before = await ticks_from(b, 300, symbols=("BTCUSDT", "ETHUSDT"))
+        epoch = (await list_symbols(b)).epoch
+        # One by one: B restarts while A keeps publishing; then both at once, killed.
+        b.stop()
+        b = start_feed(*NO_SOURCE, *url)
+        assert (await list_symbols(b)).epoch == epoch
+        for feed in (a, b):
+            feed.signal(signal.SIGKILL)
+            feed.popen.wait()
+        b, a = start_feed(*NO_SOURCE, *url), start_feed(*LIVE_REPLAY, *url)
+        assert (await list_symbols(a)).epoch == epoch, "the stream, not the process, is the epoch"
+        last = before[-1]
+        position = feed_pb2.StreamPosition(epoch=epoch, offset=last.offset)
+        responses, after = await ticks_from(
+            b, 2_000, after=position, symbols=("BTCUSDT", "ETHUSDT")
+        )
+    finally:
+        for feed in (a, b):
+            feed.stop()
+    assert not [r for r in responses if r.HasField("reset")], "no reset after any restart"
+    assert [t.offset for t in after[:2_000]] == list(range(last.offset + 1, last.offset + 2_001))
+    sequences: dict[tuple[str, str], int] = {}
+    for tick in before + after:
+        key = (tick.symbol, tick.WhichOneof("body") or "")
+        assert tick.sequence == sequences.get(key, tick.sequence - 1) + 1, key
+        sequences[key] = tick.sequence
+
+
+async def publish_from(
+    address: str, batches: list[ingest_pb2.PublishRequest], acked: list[ingest_pb2.PublishResponse]
+) -> None:
+    """Send ``batches[len(acked):]`` on one Publish call, each after the previous one's ack,
+    appending the acks to ``acked``. Raises AioRpcError when the call fails."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = ingest_pb2_grpc.IngestServiceStub(channel).Publish()
+        async with asyncio.timeout(30):
+            for request in batches[len(acked) :]:
+                await call.write(request)
+                ack = await call.read()
+                if ack is grpc.aio.EOF:
+                    raise grpc.aio.AioRpcError(
+                        await call.code(), grpc.aio.Metadata(), grpc.aio.Metadata(), "ended"
+                    )
+                acked.append(ack)
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
+
+
+async def stream_leader(server: ServiceProcess, stream: str) -> str:
+    """The name of the node leading ``stream`` (asked through a real NATS client)."""
+    client = await nats.connect(nats_url(server))
+    try:
+        info = await client.jetstream().stream_info(stream)
+        assert info.cluster is not None and info.cluster.leader
+        return info.cluster.leader
+    finally:
+        await client.close()
+
+
+async def test_losing_a_nats_node_loses_nothing_acknowledged(
+    cluster: list[ServiceProcess],
+) -> None:
+    url = [*nats_args(cluster[0], "TICKS"), "--nats-url", nats_url(*cluster)]
+    url += ["--nats-replicas", "3"]
+    a, b = start_feed(*NO_SOURCE, *url), start_feed(*NO_SOURCE, *url)
+    with services(a, b):
+        batches = producer_batches("p", 300)
+        acked: list[ingest_pb2.PublishResponse] = []
+
+        async def produce() -> None:
+            """Every batch until acknowledged. When a call fails, a new one starts from the
+            first batch not acknowledged: it may have been stored, and its dedup ids make
+            sending it again safe."""
+            for _ in range(100):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await publish_from(target(a), batches, acked)
+                    return
+                await asyncio.sleep(0.2)
+            raise AssertionError("publishing never resumed")
+
+        producing = asyncio.create_task(produce())
+        while len(acked) < 60:  # noqa: ASYNC110 - polling a list
+            await asyncio.sleep(0.01)
+        leader = await stream_leader(cluster[0], "TICKS")
+        victim = next(node for node in cluster if node.name == leader)
+        victim.signal(signal.SIGKILL)
+        victim.popen.wait()
+        await asyncio.wait_for(producing, 120)
+        sent = sum(len(r.ticks) for r in batches)
+        assert sum(ack.accepted + ack.duplicates for ack in acked) == sent
+        _, ticks = await ticks_from(b, sent, symbols=("SHARED", "OTHER"))
+        assert [t.offset for t in ticks] == list(range(1, sent + 1))
+        ids = assert_one_sequence(ticks, "SHARED") + assert_one_sequence(ticks, "OTHER")
+        assert sorted(ids) == sorted(d.trade.trade_id for r in batches for d in r.ticks)
