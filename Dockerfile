@@ -10,7 +10,12 @@ COPY edge_service ./edge_service
 COPY tickstream_common ./tickstream_common
 COPY clients/python/tickstream_client ./clients/python/tickstream_client
 COPY data ./data
-RUN pip install --no-cache-dir . && useradd --uid 10001 --no-create-home tickstream
+# .[cluster] adds nats-server (the nodes of deploy/docker-compose.cluster.yml run this image);
+# /data is their JetStream store, owned by the user so a fresh named volume is writable.
+# (DL3013: this is the project itself; every dependency is pinned in pyproject.toml.)
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[cluster]" && useradd --uid 10001 --no-create-home tickstream \
+    && mkdir /data && chown 10001 /data
 USER 10001
 EXPOSE 50051 8000
 # The edge by default; compose sets each service's command and healthcheck.

@@ -9,7 +9,7 @@ PROTO_FILES := $(wildcard protos/tickstream/v1/*.proto)
 NODE_DIR := clients/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: run test lint protos check-protos bench clean node-deps system-deps
+.PHONY: run run-cluster test lint protos check-protos bench clean node-deps system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,9 +44,10 @@ lint: $(STAMP) check-protos
 	  $(VENV)/bin/buf breaking --against '.git#ref=HEAD~1,subdir=protos'; \
 	else echo "buf breaking: no previous commit to compare with"; fi
 	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml deploy/docker-compose.production.yml
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml deploy/docker-compose.production.yml deploy/docker-compose.cluster.yml
 	$(PY) scripts/check_compose.py docker-compose.yml
 	$(PY) scripts/check_compose.py deploy/docker-compose.production.yml
+	$(PY) scripts/check_compose.py deploy/docker-compose.cluster.yml
 
 # Node.js clients (grpc-js, eventsource) from package-lock.json; their tests skip without npm.
 node-deps:
@@ -98,6 +99,10 @@ bench: $(BENCH_STAMP) system-deps
 # Replay the bundled real data in a loop: feed on 127.0.0.1:50051, edge on 127.0.0.1:8000.
 run: $(STAMP)
 	$(PY) scripts/run_local.py
+
+# Three NATS nodes, two feed replicas on one JetStream stream, two edges, nginx (see the README).
+run-cluster: $(STAMP)
+	$(PY) scripts/run_cluster.py
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules

@@ -7,8 +7,11 @@ replica serves the same offsets in the same epoch."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scripts.run_cluster import nginx_command
 from tests.conftest import nats_args
 from tests.support import (
     BTC_FILE,
@@ -24,6 +28,7 @@ from tests.support import (
     ServiceProcess,
     SseEvent,
     collect,
+    free_port,
     iter_events,
     nats_url,
     replay_args,
@@ -31,6 +36,7 @@ from tests.support import (
     start_feed,
     start_nats_cluster,
     wait_for_status,
+    wait_http_ok,
 )
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -79,6 +85,7 @@ class Client:
         self.url = url
         self.events: list[SseEvent] = []
         self.target: int | None = None  # stop once this many ticks are held
+        self.reconnects = 0
 
     @property
     def ticks(self) -> list[SseEvent]:
@@ -97,6 +104,20 @@ class Client:
                     count += 1
                     if self.target is not None and count >= self.target:
                         return
+
+    @property
+    def done(self) -> bool:
+        return self.target is not None and len(self.ticks) >= self.target
+
+    async def run_reconnecting(self, http: httpx.AsyncClient) -> None:
+        """:meth:`run`, reconnecting with the last id whenever the stream is cut, as an
+        EventSource does, until the target is reached."""
+        while not self.done:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.run(http)
+            if not self.done:
+                self.reconnects += 1
+                await asyncio.sleep(0.2)
 
     def finish_after(self, more: int) -> None:
         self.target = len(self.ticks) + more
@@ -185,3 +206,54 @@ async def test_restarting_every_replica_resets_no_client_and_loses_nothing(
         client.assert_unbroken()
     fresh = await collect(http, f"{base}/sse/BTCUSDT", 5)
     assert not [e for e in fresh if e.event == "reset"]
+
+
+@contextlib.contextmanager
+def nginx_in_front(edges: list[ServiceProcess], directory: Path) -> Iterator[str]:
+    """``deploy/nginx-cluster.conf`` serving ``edges`` on a free port; its base URL."""
+    port = free_port()
+    command = nginx_command(directory, port, [edge.port for edge in edges])
+    assert command is not None, "nginx is installed by make test"
+    check = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+    proxy = subprocess.Popen([*command, "-g", "daemon off;"])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{base}/readyz", edges[0])
+        yield base
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_killing_an_edge_sends_its_clients_through_nginx_to_the_other(
+    cluster: Cluster, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    with nginx_in_front(cluster.edges, tmp_path / "nginx") as base:
+        clients = [Client(f"{base}/sse?symbols=BTCUSDT,ETHUSDT") for _ in range(20)]
+        running = [asyncio.create_task(client.run_reconnecting(http)) for client in clients]
+        await until(lambda: all(len(c.ticks) >= 10 for c in clients))
+        counts = [await edge_streams(edge) for edge in cluster.edges]
+        assert all(counts) and sum(counts) == len(clients), "nginx spread them over both"
+
+        cluster.edges[0].signal(signal.SIGKILL)
+        cluster.edges[0].popen.wait()
+        for client in clients:
+            client.finish_after(300)
+        await asyncio.wait_for(asyncio.gather(*running), 90)
+    assert sum(client.reconnects > 0 for client in clients) == counts[0], "its clients came back"
+    for client in clients:
+        client.assert_unbroken()
+    assert await edge_streams(cluster.edges[1]) == 0  # they finished
+
+
+async def edge_streams(edge: ServiceProcess) -> int:
+    """The SSE streams an edge holds (its open streams gauge)."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{edge.port}/metrics")).text
+    return sum(
+        int(float(line.split()[-1]))
+        for line in text.splitlines()
+        if line.startswith("tickstream_edge_open_streams ")
+    )

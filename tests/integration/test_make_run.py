@@ -8,8 +8,10 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support import ROOT
 
@@ -62,3 +64,45 @@ def test_make_run_serves_real_btcusdt_ticks_within_15_seconds() -> None:
     body = tick.get("trade") or tick["quote"]
     assert all("." in value for key, value in body.items() if key.endswith(("price", "Price")))
     assert f"http://127.0.0.1:{edge_port}/" in output, "make run prints where to look"
+
+
+def test_make_run_cluster_serves_ticks_through_nginx_and_stops_cleanly(tmp_path: Path) -> None:
+    ports = {
+        "NATS_PORTS": ",".join(str(free_port()) for _ in range(3)),
+        "NATS_ROUTE_PORTS": ",".join(str(free_port()) for _ in range(3)),
+        "FEED_PORTS": f"{free_port()},{free_port()}",
+        "EDGE_PORTS": f"{free_port()},{free_port()}",
+        "PROXY_PORT": str(free_port()),
+    }
+    env = {**os.environ, **ports, "CLUSTER_DIR": str(tmp_path / "cluster")}
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "run-cluster"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    tick, base = None, f"http://127.0.0.1:{ports['PROXY_PORT']}"
+    try:
+        deadline = time.monotonic() + 90
+        while tick is None and time.monotonic() < deadline:
+            try:
+                with httpx.stream("GET", f"{base}/sse/BTCUSDT", timeout=5) as response:
+                    for line in response.iter_lines() if response.status_code == 200 else ():
+                        if line.startswith("data: "):
+                            tick = json.loads(line[6:])
+                            break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        time.sleep(1.0)  # it prints the picture once nginx answers /readyz
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        output, _ = make.communicate(timeout=60)
+    assert tick is not None and tick["symbol"] == "BTCUSDT", output[-3000:]
+    assert f"{base}/" in output and "NATS JetStream" in output, "it prints the picture"
+    time.sleep(1.0)
+    with pytest.raises(ProcessLookupError):  # every NATS node, feed, edge and nginx ended
+        os.killpg(make.pid, 0)
