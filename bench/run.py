@@ -44,6 +44,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backbone import run_backbone
 from harness import (
     BENCH,
     CLIENT_CPU,
@@ -539,6 +540,7 @@ SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "feed": run_feed,
     "profile": run_profile,
     "publish": run_publish,
+    "backbone": lambda: run_backbone(LOGS / "backbone"),
 }
 
 
@@ -562,7 +564,7 @@ def main() -> int:
         path = RESULTS / f"{TODAY}-{name}.json"
         path.write_text(json.dumps({"date": TODAY, "machine": info, "runs": runs}, indent=1))
         say(f"wrote {path}")
-    if set(args.only) - {"publish"}:  # publish.py writes its own README block
+    if set(args.only) - {"publish", "backbone"}:  # those have README sections of their own
         from report import write_report
 
         summary = write_report(RESULTS, TODAY, info, readme=not args.no_readme)
