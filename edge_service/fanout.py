@@ -64,6 +64,7 @@ class FanOut:
                 and not outbox.queued_bytes
                 and not outbox.ended
                 and session.live
+                and not session.snapshot_due
                 and session.epoch == last.epoch
                 and (first is None or session.cursor < first)
                 and sink.writable()

@@ -45,8 +45,11 @@ class SymbolMerge:
         # The merge starts after the furthest upstream's watermark: one that is ahead has already
         # dispatched the ticks up to it, so starting lower would leave them out of a stream whose
         # later ids claim them (a client saw offsets 309153 then 309164). A lagging upstream's
-        # ticks up to the start are before the stream, as the head is for a live start.
+        # ticks up to the start are before the stream, as the head is for a live start; until
+        # it reaches the start the merge is not ``settled``: its snapshot of that symbol would
+        # miss them, so clients wanting one get it with the first dispatch (which comes after).
         start = max(u.watermark for u in upstreams)
+        self.settled = all(u.watermark >= start for u in upstreams)
         self._states = {
             u.symbol: _SymbolState(u.epoch, u.watermark, start=start) for u in upstreams
         }
@@ -58,6 +61,7 @@ class SymbolMerge:
             for u in upstreams
             for tick in u.snapshot(("trade", "quote"))
         }
+        self._at_start = dict(self._latest)  # the latest ticks up to the start, once settled
         self.closed_reason: str | None = None
         # A feed restart seen by some of our upstreams: (new epoch, reason, message).
         self._epoch_change: tuple[str, str, str] | None = None
@@ -65,9 +69,12 @@ class SymbolMerge:
     def snapshot(self, kinds: Iterable[str]) -> list[EncodedTick]:
         """The latest released tick of each kind of each symbol, in offset order: a client
         joining now gets, after it, exactly the ticks released later."""
-        wanted = set(kinds)
-        latest = [tick for (_, kind), tick in self._latest.items() if kind in wanted]
-        return sorted(latest, key=lambda t: t.offset)
+        return _by_offset(self._latest, kinds)
+
+    def snapshot_at_start(self, kinds: Iterable[str]) -> list[EncodedTick]:
+        """As :meth:`snapshot`, at the merge's start: for a client that joined before it was
+        ``settled``, sent with the first dispatch (which may hold later ticks)."""
+        return _by_offset(self._at_start, kinds)
 
     def stale_frames(self) -> list[bytes]:
         """The ``status`` events of the symbols that are stale now."""
@@ -83,6 +90,12 @@ class SymbolMerge:
                 state.pending.extend(dispatch.ticks)
             return
         start = state.start
+        if dispatch.ticks and dispatch.ticks[0].offset <= start:
+            # Before the start: not sent, but what a snapshot at the start shows.
+            for tick in dispatch.ticks:
+                if tick.offset <= start:
+                    self._latest[(tick.symbol, tick.kind)] = tick
+                    self._at_start[(tick.symbol, tick.kind)] = tick
         state.pending.extend(t for t in dispatch.ticks if t.offset > start)
         self._release()
 
@@ -140,6 +153,8 @@ class SymbolMerge:
         if any(s.epoch != self.epoch for s in states):
             return
         limit = min(s.watermark for s in states)
+        if limit >= self.watermark:
+            self.settled = True
         runs = []
         for state in states:
             run = []
@@ -161,6 +176,13 @@ class SymbolMerge:
         dispatch = TickDispatch(ticks, self.epoch, self.watermark)
         for listener in list(self.listeners):
             listener.on_ticks(self, dispatch)
+
+
+def _by_offset(
+    latest: dict[tuple[str, str], EncodedTick], kinds: Iterable[str]
+) -> list[EncodedTick]:
+    wanted = set(kinds)
+    return sorted((t for (_, k), t in latest.items() if k in wanted), key=lambda t: t.offset)
 
 
 class MergePool:

@@ -54,6 +54,7 @@ class ClientSession:
         "kinds",
         "live",
         "outbox",
+        "snapshot_due",
         "source",
         "symbols",
     )
@@ -74,6 +75,7 @@ class ClientSession:
         self.epoch: str | None = None
         self.cursor = 0  # every tick of ours up to this offset (in self.epoch) was queued
         self.live = True  # False while a resume is catching up
+        self.snapshot_due = False  # a snapshot to send before the source's first dispatch
         # While catching up: live ticks held from the source, and its watermark when holding began.
         self._buffer: deque[EncodedTick] | None = None
         self._buffer_start = 0
@@ -94,9 +96,21 @@ class ClientSession:
         self.epoch, self.cursor = source.epoch, source.watermark
         if reset is not None:
             self._emit_reset(*reset, self.symbols)
-        if snapshot:  # sent without ids: they are values, not positions in the stream
-            for tick in source.snapshot(self.kinds):
-                self.outbox.push(snapshot_frame(tick))
+        if snapshot and getattr(source, "settled", True):
+            self._send_snapshot(source)  # sent without ids: values, not positions in the stream
+        elif snapshot:
+            # A merge whose lagging symbols have not reached its start yet: their latest ticks
+            # before it are still on their way, so the snapshot waits for its first dispatch.
+            self.snapshot_due = True
+
+    def _send_snapshot(self, source: TickSource) -> None:
+        if self.snapshot_due:  # the merge's state at its start, not after this dispatch
+            ticks = source.snapshot_at_start(self.kinds)  # type: ignore[attr-defined]
+        else:
+            ticks = source.snapshot(self.kinds)
+        self.snapshot_due = False
+        for tick in ticks:
+            self.outbox.push(snapshot_frame(tick))
 
     def begin_resume(
         self,
@@ -156,6 +170,8 @@ class ClientSession:
             return
         if dispatch.epoch != self.epoch:
             return
+        if self.snapshot_due:
+            self._send_snapshot(source)
         ticks = dispatch.ticks
         if (ticks and ticks[0].offset <= self.cursor) or self.outbox.behind:
             # just after a resume splice, or behind: tick by tick

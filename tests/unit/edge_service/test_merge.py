@@ -46,6 +46,31 @@ def test_a_merge_starts_after_the_furthest_upstream() -> None:
     assert offsets_sent(client) == [21, 22]
 
 
+def test_a_snapshot_of_an_unsettled_merge_waits_for_the_lagging_symbol() -> None:
+    """A's upstream lags at 10 while the merge starts at B's 20: A's ticks up to 20 are before
+    the stream, so the snapshot, sent before the first dispatch, must show A's 15, the tick
+    that the next one (sequence-wise) follows; taken at the join it showed A's tick at 10."""
+    a, b = FakeUpstream("A", watermark=10), FakeUpstream("B", watermark=20)
+    a.latest = {"trade": trades(a, [10])[0]}
+    merge = merged(a, b)
+    assert not merge.settled
+    client = session(merge.symbols)
+    merge.listeners.add(client)
+    client.begin_live(merge, snapshot=True)
+    assert written(client) is None, "nothing before A reaches the start"
+    a.deliver(trades(a, [15, 21]), watermark=21)
+    b.deliver(trades(b, [22]), watermark=22)
+    a.deliver([], watermark=22)
+    assert merge.settled
+    text = written(client).decode()  # type: ignore[union-attr]
+    snapshot, live = text.split("id: ", 1)
+    assert '"offset":"15"' in snapshot and '"offset":"10"' not in snapshot
+    assert [line for line in ("id: " + live).splitlines() if line.startswith("id: ")] == [
+        f"id: {merge.epoch}-21",
+        f"id: {merge.epoch}-22",
+    ]
+
+
 def test_every_client_of_the_set_gets_the_same_merged_bytes() -> None:
     a, b = FakeUpstream("A", watermark=0), FakeUpstream("B", watermark=0)
     merge = merged(a, b)
