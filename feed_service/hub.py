@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Sequence
 
 from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 
@@ -35,6 +35,9 @@ class TickHub:
     catch_up_s = 0.0
     """How long a resume from an offset ahead of the head waits for the head to reach it: 0 here,
     where nothing but this process can have issued that offset."""
+    on_link: Callable[[bool], Awaitable[None]] | None = None
+    """Told False when a shared backbone's connection is lost (the cache stops advancing) and
+    True when it is back; never called in-process."""
 
     def __init__(
         self,

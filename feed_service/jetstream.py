@@ -84,6 +84,7 @@ class JetStreamHub(TickHub):
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: list[Msg] = []
         self._flush_scheduled = False
+        self._closing = False
 
     async def start(self) -> None:
         """Join the stream: connect, create it if need be, load the cache and follow it. Waits
@@ -120,6 +121,7 @@ class JetStreamHub(TickHub):
         )
 
     async def close(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         if self._nc is not None and not self._nc.is_closed:
@@ -157,13 +159,28 @@ class JetStreamHub(TickHub):
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     allow_reconnect=True,
-                    error_cb=_log_error,
-                    disconnected_cb=_log_disconnected,
-                    reconnected_cb=_log_reconnected,
+                    error_cb=self._error,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
                 )
             except (nats.errors.Error, OSError) as error:
                 log.warning("backbone: cannot reach %s (%r); retrying", self._servers, error)
                 await asyncio.sleep(CONNECT_RETRY_S)
+
+    async def _error(self, error: Exception) -> None:
+        if not self._closing:
+            log.warning("backbone: NATS: %r", error)
+
+    async def _disconnected(self) -> None:
+        if not self._closing:
+            log.warning("backbone: disconnected from NATS; reconnecting")
+            if self.on_link is not None:
+                await self.on_link(False)
+
+    async def _reconnected(self) -> None:
+        log.warning("backbone: reconnected to NATS")
+        if self.on_link is not None:
+            await self.on_link(True)
 
     def _stream_config(self) -> StreamConfig:
         return StreamConfig(
@@ -258,15 +275,3 @@ async def _retrying(what: str, step: Callable[[], Awaitable[T]]) -> T:
         except (nats.errors.Error, OSError) as error:
             log.warning("backbone: %s not available yet (%r); retrying", what, error)
             await asyncio.sleep(CONNECT_RETRY_S)
-
-
-async def _log_error(error: Exception) -> None:
-    log.warning("backbone: NATS: %r", error)
-
-
-async def _log_disconnected() -> None:
-    log.warning("backbone: disconnected from NATS; reconnecting")
-
-
-async def _log_reconnected() -> None:
-    log.warning("backbone: reconnected to NATS")

@@ -87,6 +87,7 @@ class FeedServer:
         self.liveness = Liveness(settings.stale_after, dict(settings.stale_after_symbol))
         self.metrics.watch(self.liveness)
         self.hub = build_hub(settings, self.liveness)
+        self.hub.on_link = self._backbone_link
         self.ingestor = Ingestor(self.hub, settings.dedup_window, settings.max_symbols)
         self.source = source or build_source(settings)
         self.servicer = FeedServicer(
@@ -173,6 +174,24 @@ class FeedServer:
         for service in ("", FEED_SERVICE_NAME, INGEST_SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("feed ready: %s, epoch %s, health SERVING", detail, self.hub.epoch)
+
+    async def _backbone_link(self, up: bool) -> None:
+        """A replica cut off from NATS is not serving (its cache stops advancing), so edges move
+        to another replica at their position; it serves again once reconnected."""
+        if not self.hub.ready or self.servicer.closing:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", FEED_SERVICE_NAME, INGEST_SERVICE_NAME):
+            await self.health.set(service, status)
+        log.warning(
+            "feed health %s: backbone %s",
+            "SERVING" if up else "NOT_SERVING",
+            "back" if up else "lost",
+        )
 
     async def _run_source(self) -> None:
         """Join the backbone, load the built-in source, then store its batches through the

@@ -126,11 +126,17 @@ def free_port() -> int:
 
 
 def start_nats(
-    store: Path, *, name: str = "nats", route_port: int = 0, routes: list[str] | None = None
+    store: Path,
+    *,
+    name: str = "nats",
+    port: int = 0,
+    route_port: int = 0,
+    routes: list[str] | None = None,
 ) -> ServiceProcess:
-    """A JetStream nats-server on a free 127.0.0.1 port storing in ``store``; with
-    ``route_port`` it is a node of the cluster ``tickstream``, routing to ``routes``."""
-    args = [str(NATS_SERVER), "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(store), "-n", name]
+    """A JetStream nats-server on 127.0.0.1 (a free port unless ``port``) storing in ``store``;
+    with ``route_port`` it is a node of the cluster ``tickstream``, routing to ``routes``."""
+    args = [str(NATS_SERVER), "-a", "127.0.0.1", "-p", str(port or -1), "-js", "-sd", str(store)]
+    args += ["-n", name]
     if route_port:
         args += ["--cluster_name", "tickstream", "--cluster", f"nats://127.0.0.1:{route_port}"]
         args += ["--routes", ",".join(routes or [])]

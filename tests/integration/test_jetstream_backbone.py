@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import nats
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, ingest_pb2, ingest_pb2_grpc, tick_pb2
 
 from tests.conftest import nats_args
@@ -272,3 +273,34 @@ async def test_losing_a_nats_node_loses_nothing_acknowledged(
         assert [t.offset for t in ticks] == list(range(1, sent + 1))
         ids = assert_one_sequence(ticks, "SHARED") + assert_one_sequence(ticks, "OTHER")
         assert sorted(ids) == sorted(d.trade.trade_id for r in batches for d in r.ticks)
+
+
+async def health_status(feed: ServiceProcess) -> int:
+    async with grpc.aio.insecure_channel(target(feed)) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        return int(reply.status)
+
+
+async def wait_health(feed: ServiceProcess, status: int, within: float = 20) -> None:
+    async with asyncio.timeout(within):
+        while await health_status(feed) != status:  # noqa: ASYNC110 - polling a server
+            await asyncio.sleep(0.1)
+
+
+async def test_a_replica_cut_off_from_nats_is_not_serving_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "nats"
+    server = start_nats(store)
+    try:
+        feed = start_feed(*NO_SOURCE, *nats_args(server, "TICKS"))
+        with services(feed):
+            server.signal(signal.SIGKILL)
+            server.popen.wait()
+            await wait_health(feed, health_pb2.HealthCheckResponse.NOT_SERVING)
+            server = start_nats(store, port=server.port)  # the same node back, its stream kept
+            await wait_health(feed, health_pb2.HealthCheckResponse.SERVING)
+            ack = (await publish(target(feed), producer_batches("back", 1)))[0]
+            assert ack.accepted == 2
+    finally:
+        server.stop()
