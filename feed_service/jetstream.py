@@ -70,8 +70,10 @@ class JetStreamHub(TickHub):
         history_age_s: float = 0.0,
         replicas: int = 1,
         liveness: Liveness | None = None,
+        on_retry: Callable[[str], None] = lambda cause: None,
     ) -> None:
         super().__init__(history_size, liveness=liveness)
+        self._on_retry = on_retry  # see LogWriter
         self.epoch = ""
         self._servers = servers
         self._stream = stream
@@ -111,7 +113,7 @@ class JetStreamHub(TickHub):
         )
         while self.head_offset < info.state.last_seq:
             await self.wait_beyond(info.state.last_seq - 1, 1.0)
-        self._writer = LogWriter(nc, js, self._stream, self.subjects)
+        self._writer = LogWriter(nc, js, self._stream, self.subjects, self._on_retry)
         log.info(
             "backbone: stream %s (epoch %s), offsets %d..%d read, following",
             self._stream,

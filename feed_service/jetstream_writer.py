@@ -25,7 +25,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import nats.errors
@@ -69,7 +69,15 @@ class LogWriter:
     """Appends numbered batches to one stream; one batch at a time per writer (a lock), so a
     replica's own batches never conflict with each other."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, stream: str, subjects: TickSubjects):
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        stream: str,
+        subjects: TickSubjects,
+        on_retry: Callable[[str], None] = lambda cause: None,
+    ) -> None:
+        self._on_retry = on_retry  # told "conflict", "unsure" or "error" before each retry
         self._nc = nc
         self._js = js
         self._stream = stream
@@ -104,12 +112,15 @@ class LogWriter:
                     last = await self._send(batch_id, subjects, messages)
                 except Conflict:
                     self._forget(subjects)
+                    self._on_retry("conflict")
                 except Uncertain:
                     unsure.append(batch_id)
                     self._forget(subjects)
+                    self._on_retry("unsure")
                 except (nats.errors.Error, OSError) as error:
                     log.warning("backbone: append failed, retrying: %r", error)
                     self._forget(subjects)
+                    self._on_retry("error")
                 else:
                     self._remember(heads, last - len(messages))
                     return last

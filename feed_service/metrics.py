@@ -53,6 +53,13 @@ class FeedMetrics(ServiceMetrics):
             "publish_duplicates",
             "Published ticks not stored because their dedup_id was already stored.",
         )
+        self.backbone_retries = self.counter(
+            "backbone_retries",
+            "Batches the JetStream backbone sent again, by cause: conflict (another replica "
+            "wrote one of its symbols first), unsure (the acknowledgement was lost), error.",
+            label="cause",
+            known=("conflict", "unsure", "error"),
+        )
 
     def watch(self, liveness: Liveness) -> None:
         """Export per-symbol last-tick ages and source states from ``liveness``."""

@@ -62,7 +62,7 @@ def build_source(settings: FeedSettings) -> TickSource | None:
     return SyntheticSource(settings.symbols, settings.seed, settings.rate)
 
 
-def build_hub(settings: FeedSettings, liveness: Liveness) -> TickHub:
+def build_hub(settings: FeedSettings, liveness: Liveness, metrics: FeedMetrics) -> TickHub:
     """The backbone named by ``settings.backbone``: the in-process hub, or JetStream."""
     if settings.backbone == "memory":
         return TickHub(settings.history_size, liveness=liveness)
@@ -75,6 +75,7 @@ def build_hub(settings: FeedSettings, liveness: Liveness) -> TickHub:
         history_age_s=settings.history_age,
         replicas=settings.nats_replicas,
         liveness=liveness,
+        on_retry=lambda cause: metrics.backbone_retries.labels(cause).inc(),
     )
 
 
@@ -86,7 +87,7 @@ class FeedServer:
         self.metrics = FeedMetrics()
         self.liveness = Liveness(settings.stale_after, dict(settings.stale_after_symbol))
         self.metrics.watch(self.liveness)
-        self.hub = build_hub(settings, self.liveness)
+        self.hub = build_hub(settings, self.liveness, self.metrics)
         self.hub.on_link = self._backbone_link
         self.ingestor = Ingestor(self.hub, settings.dedup_window, settings.max_symbols)
         self.source = source or build_source(settings)

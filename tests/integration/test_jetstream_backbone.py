@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -88,6 +89,13 @@ async def list_symbols(feed: ServiceProcess) -> feed_pb2.ListSymbolsResponse:
         return await feed_pb2_grpc.FeedServiceStub(channel).ListSymbols(
             feed_pb2.ListSymbolsRequest()
         )
+
+
+def retries(feed: ServiceProcess, cause: str) -> float:
+    """The feed's count of batches the backbone sent again for ``cause``."""
+    text = httpx.get(f"http://127.0.0.1:{feed.metrics_port}/metrics", timeout=5).text
+    wanted = f'tickstream_feed_backbone_retries_total{{cause="{cause}"}}'
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted))
 
 
 def trade(symbol: str, producer: str, n: int) -> ingest_pb2.TickDraft:
@@ -167,6 +175,8 @@ async def test_two_producers_of_one_symbol_through_two_replicas_share_one_sequen
             sent = [d.trade.trade_id for r in producer_batches(producer, 120) for d in r.ticks]
             theirs = [i for i in ids if i.startswith(f"{producer}-")]
             assert sorted(theirs, key=lambda i: int(i.split("-")[1])) == sent, "each once"
+        conflicts = sum(retries(feed, "conflict") for feed in (a, b))
+        assert conflicts > 0, "the two writers did contend for the symbol"
         shared = [t.trade.trade_id for t in ticks if t.symbol == "SHARED"]
         for producer in ("left", "right"):
             order = [int(i.split("-")[1]) for i in shared if i.startswith(f"{producer}-")]
