@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode
@@ -127,6 +128,22 @@ class FeedSettings(BaseSettings):
         "and limits; when set, FeedService and IngestService calls need "
         "'authorization: Bearer <token>' metadata.",
     )
+
+    @field_validator("nats_url", mode="after")
+    @classmethod
+    def _nats_urls(cls, urls: list[str]) -> list[str]:
+        """Each nats://HOST[:PORT] (or tls://): a typo fails at start, not in a retry loop."""
+        for url in urls:
+            parts = urlsplit(url)
+            try:
+                parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+            except ValueError:
+                raise ValueError(f"{url!r}: the port is not a number") from None
+            if parts.scheme not in ("nats", "tls") or not parts.hostname or parts.path:
+                raise ValueError(f"{url!r} is not nats://HOST:PORT")
+        if not urls:
+            raise ValueError("name at least one NATS server")
+        return urls
 
     @model_validator(mode="after")
     def _atomic_batches(self) -> FeedSettings:

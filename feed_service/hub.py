@@ -103,8 +103,8 @@ class TickHub:
         """Number and store validated ``drafts`` in order; returns the new head offset.
 
         ``ingest_ns`` stamps every tick (default: now); a draft without ``event_time`` gets it
-        as its event time too. Callers validate first (:class:`feed_service.ingest.Ingestor`)
-        and must clear ``dedup_id`` (it is not part of a Tick). Raises KeyError for a symbol
+        as its event time too. Callers validate first (:class:`feed_service.ingest.Ingestor`);
+        ``dedup_id`` is cleared here (it is not part of a Tick). Raises KeyError for a symbol
         that was not declared with :meth:`add_symbols`.
         """
         offset = self.history.head_offset
@@ -118,6 +118,8 @@ class TickHub:
             symbol = draft.symbol
             if symbol not in known:
                 raise KeyError(symbol)
+            if draft.dedup_id:
+                draft.ClearField("dedup_id")  # not part of the tick
             kind = TRADE if draft.HasField("trade") else QUOTE
             key = (symbol, kind)
             sequence = sequences.get(key, 0) + 1

@@ -209,8 +209,9 @@ class Ingestor:
         self, drafts: Sequence[ingest_pb2.TickDraft]
     ) -> tuple[Sequence[ingest_pb2.TickDraft], list[tuple[str, str]]]:
         """The drafts to store, duplicates (in the window, or earlier in the batch) left out,
-        and the (symbol, dedup id) keys to record once they are stored. The kept drafts'
-        dedup ids are cleared (they are not part of a tick)."""
+        and the (symbol, dedup id) keys to record once they are stored. The backbone clears
+        the kept drafts' dedup ids (they are not part of a tick; JetStream keeps them beside
+        it)."""
         if not any(draft.dedup_id for draft in drafts):
             return drafts, []
         dedup = self.dedup
@@ -224,7 +225,6 @@ class Ingestor:
                     continue
                 in_batch.add(key)
                 keys.append(key)
-                draft.ClearField("dedup_id")
             kept.append(draft)
         return kept, keys
 

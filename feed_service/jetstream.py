@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
+from urllib.parse import unquote
 
 import nats
 import nats.errors
@@ -26,8 +28,10 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from tickstream.v1 import feed_pb2, ingest_pb2
 
+from .history import TickHistory
 from .hub import TickHub
-from .jetstream_writer import LogWriter
+from .ingest import DedupWindow
+from .jetstream_writer import DEDUP_HEADER, LogWriter
 from .liveness import Liveness
 from .subjects import TickSubjects, symbol_token
 from .wire import StoredTick, varint
@@ -39,6 +43,8 @@ CATCH_UP_S = 5.0
 """How long a resume from an offset this replica has not read yet (issued by another replica)
 waits for it before the subscriber is told the offset is ahead."""
 CONNECT_RETRY_S = 1.0
+CONSUMER_HEARTBEAT_S = 1.0
+ERROR_LOG_S = 30.0
 API_TIMEOUT_S = 2.0  # a JetStream API request (a leader election takes about as long)
 MAX_ATOMIC_BATCH = 1_000  # nats-server's limit on one atomic batch (2.12+)
 _OFFSET_KEY = b"\x18"  # Tick.offset, field 3, varint (tick.proto)
@@ -87,6 +93,11 @@ class JetStreamHub(TickHub):
         self._pending: list[Msg] = []
         self._flush_scheduled = False
         self._closing = False
+        self._quiet_until = 0.0  # connection errors are logged at most every ERROR_LOG_S
+        self.dedup: DedupWindow | None = None
+        """The ingest path's window: every replica learns the (symbol, dedup id) of each tick
+        it reads, whoever stored it, so a batch resent through another replica, or to this one
+        after a restart, is recognised (within the window and the stream's retention)."""
 
     async def start(self) -> None:
         """Join the stream: connect, create it if need be, load the cache and follow it. Waits
@@ -95,6 +106,8 @@ class JetStreamHub(TickHub):
         js = nc.jetstream(timeout=API_TIMEOUT_S)
         info = await _retrying("stream", lambda: self._ensure_stream(js))
         self.epoch = epoch_of(info)
+        if info.config.max_msgs and info.config.max_msgs != self.history.capacity:
+            self.history = TickHistory(info.config.max_msgs)  # the stream's limit holds
         kv = self._kv = await _retrying("symbols bucket", lambda: self._symbols_bucket(js))
         await _retrying("symbols", lambda: self._follow_symbols(kv))
         first = max(1, info.state.first_seq, info.state.last_seq - self.history.capacity + 1)
@@ -106,6 +119,8 @@ class JetStreamHub(TickHub):
                 stream=self._stream,
                 cb=self._on_message,
                 ordered_consumer=True,
+                # A consumer lost with its node is recreated after two missed heartbeats.
+                idle_heartbeat=CONSUMER_HEARTBEAT_S,
                 config=ConsumerConfig(
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first
                 ),
@@ -170,8 +185,10 @@ class JetStreamHub(TickHub):
                 await asyncio.sleep(CONNECT_RETRY_S)
 
     async def _error(self, error: Exception) -> None:
-        if not self._closing:
-            log.warning("backbone: NATS: %r", error)
+        now = time.monotonic()
+        if not self._closing and now >= self._quiet_until:
+            self._quiet_until = now + ERROR_LOG_S
+            log.warning("backbone: NATS: %r (repeats are not logged for %g s)", error, ERROR_LOG_S)
 
     async def _disconnected(self) -> None:
         if not self._closing:
@@ -196,20 +213,28 @@ class JetStreamHub(TickHub):
         )
 
     async def _ensure_stream(self, js: JetStreamContext) -> StreamInfo:
-        """The stream's info, after creating it, or updating its limits to this feed's."""
+        """The stream's info, after creating it with this feed's limits. An existing stream
+        keeps its own (one replica's flags must not shrink everyone's history): a difference is
+        logged, and only the atomic batches it needs are switched on."""
         config = self._stream_config()
         try:
             info = await js.stream_info(self._stream)
         except NotFoundError:
             return await js.add_stream(config)  # BadRequest if another replica was first: retried
         current = info.config
-        if (current.max_msgs, current.max_age or None, current.allow_atomic) != (
-            config.max_msgs,
-            config.max_age,
-            True,
-        ):
-            config.num_replicas = current.num_replicas
-            info = await js.update_stream(config)
+        if (current.max_msgs, current.max_age or None) != (config.max_msgs, config.max_age):
+            log.warning(
+                "backbone: stream %s keeps %s messages and %s s, not this feed's %s and %s s "
+                "(--history-size, --history-age); change them on the stream itself",
+                self._stream,
+                current.max_msgs,
+                current.max_age or 0,
+                config.max_msgs,
+                config.max_age or 0,
+            )
+        if not current.allow_atomic:
+            current.allow_atomic = True
+            info = await js.update_stream(current)
         return info
 
     async def _symbols_bucket(self, js: JetStreamContext) -> KeyValue:
@@ -249,7 +274,7 @@ class JetStreamHub(TickHub):
         messages, self._pending = self._pending, []
         parse, known, of_body = self.subjects.parse, self.known_symbols, StoredTick.of_body
         ticks: list[StoredTick] = []
-        head = self.head_offset
+        head, dedup = self.head_offset, self.dedup
         for msg in messages:
             offset = msg.metadata.sequence.stream
             if offset <= head:
@@ -259,6 +284,8 @@ class JetStreamHub(TickHub):
                 self.add_symbols([feed_pb2.SymbolInfo(symbol=symbol)])
             ticks.append(of_body(offset, symbol, kind, msg.data + _OFFSET_KEY + varint(offset)))
             head = offset
+            if dedup is not None and msg.headers and DEDUP_HEADER in msg.headers:
+                dedup.add((symbol, unquote(msg.headers[DEDUP_HEADER])))
         if ticks and ticks[0].offset != self.head_offset + 1:
             log.warning(
                 "backbone: offsets %d..%d were removed before this replica read them",

@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
+from urllib.parse import quote
 
 import nats.errors
 from nats.aio.client import Client
@@ -40,6 +41,9 @@ from .wire import event_time_field, ingest_time_field, varint
 
 log = logging.getLogger(__name__)
 
+DEDUP_HEADER = "Tickstream-Dedup"
+"""A tick's dedup id (percent-encoded), kept on its message so that every replica, and this one
+after a restart, learns it (see ``JetStreamHub.dedup``)."""
 WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code when ``Nats-Expected-Last-Subject-Sequence`` does not hold."""
 REQUEST_TIMEOUT_S = 2.0
@@ -94,6 +98,10 @@ class LogWriter:
             else self._subjects.subject(d.symbol, tick_pb2.TICK_TYPE_QUOTE)
             for d in drafts
         ]
+        dedup_ids = [quote(draft.dedup_id, safe="") for draft in drafts]
+        for draft in drafts:
+            if draft.dedup_id:
+                draft.ClearField("dedup_id")  # not part of the tick
         bodies = [draft.SerializeToString() for draft in drafts]
         times = _time_fields(drafts, ingest_ns)
         deadline = time.monotonic() + APPEND_DEADLINE_S
@@ -109,7 +117,7 @@ class LogWriter:
                         return stored
                     await self._learn(subjects)
                     messages, heads = self._number(subjects, bodies, times)
-                    last = await self._send(batch_id, subjects, messages)
+                    last = await self._send(batch_id, subjects, messages, dedup_ids)
                 except Conflict:
                     self._forget(subjects)
                     self._on_retry("conflict")
@@ -164,7 +172,11 @@ class LogWriter:
         return messages, last_of
 
     async def _send(
-        self, batch_id: str, subjects: list[str], messages: list[tuple[bytes, int | None]]
+        self,
+        batch_id: str,
+        subjects: list[str],
+        messages: list[tuple[bytes, int | None]],
+        dedup_ids: list[str],
     ) -> int:
         """Publish the batch; the stream sequence of its last message. Raises Conflict or
         Uncertain, or nats errors when the stream cannot be reached."""
@@ -173,16 +185,17 @@ class LogWriter:
         try:
             if count == 1:
                 data, expected = messages[0]
-                headers = {"Nats-Msg-Id": batch_id, **_expect(expected)}
+                headers = {"Nats-Msg-Id": batch_id, **_expect(expected), **_dedup(dedup_ids[0])}
                 reply = await nc.request(subjects[0], data, REQUEST_TIMEOUT_S, headers=headers)
             else:
-                for position, (subject, (data, expected)) in enumerate(
-                    zip(subjects, messages, strict=True), 1
+                for position, (subject, (data, expected), dedup_id) in enumerate(
+                    zip(subjects, messages, dedup_ids, strict=True), 1
                 ):
                     headers = {
                         "Nats-Batch-Id": batch_id,
                         "Nats-Batch-Sequence": str(position),
                         **_expect(expected),
+                        **_dedup(dedup_id),
                     }
                     if position < count:
                         await nc.publish(subject, data, headers=headers)
@@ -232,6 +245,10 @@ class LogWriter:
     def _forget(self, subjects: list[str]) -> None:
         for subject in subjects:
             self._heads.pop(subject, None)
+
+
+def _dedup(dedup_id: str) -> dict[str, str]:
+    return {DEDUP_HEADER: dedup_id} if dedup_id else {}
 
 
 def _expect(expected: int | None) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 
@@ -90,6 +89,11 @@ class FeedServer:
         self.hub = build_hub(settings, self.liveness, self.metrics)
         self.hub.on_link = self._backbone_link
         self.ingestor = Ingestor(self.hub, settings.dedup_window, settings.max_symbols)
+        if settings.backbone == "nats" and settings.dedup_window:
+            from .jetstream import JetStreamHub
+
+            assert isinstance(self.hub, JetStreamHub)
+            self.hub.dedup = self.ingestor.dedup  # filled from the stream too, see there
         self.source = source or build_source(settings)
         self.servicer = FeedServicer(
             self.hub, self.metrics, settings.heartbeat_interval, self.liveness
@@ -243,9 +247,8 @@ class FeedServer:
             if task is not None:
                 task.cancel()
         if self._source_task is not None:
-            self._source_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._source_task
+            self._source_task.cancel()  # bounded: a NATS client mid-connect may linger
+            await asyncio.wait([self._source_task], timeout=self.settings.grace_period)
         await self.server.stop(self.settings.grace_period)
         await self.hub.close()
         log.info("feed_service stopped")

@@ -130,7 +130,7 @@ def main() -> int:
     port = os.environ.get("PROXY_PORT", "8080") if proxied else str(ports("EDGE_PORTS", "8001")[0])
     base = f"http://127.0.0.1:{port}"
     if wait_ready(f"{base}/readyz", children):
-        print(__doc__.split("\n\n")[1], flush=True)
+        print(picture(), flush=True)
         how = "" if proxied else " (no nginx: edge-a served directly)"
         print(
             f"\ntickstream cluster is up{how}:\n"
@@ -140,11 +140,36 @@ def main() -> int:
             "Kill any feed replica, edge or NATS node: streams go on. Ctrl-C stops all.\n",
             flush=True,
         )
-    while all(child.poll() is None for child in children):
-        time.sleep(0.5)
-    stop(signal.SIGTERM, None)
+    watch(children)
     codes = [child.wait() for child in children]
     return next((code for code in codes if code not in (0, -signal.SIGTERM)), 0)
+
+
+def watch(children: list[subprocess.Popen[bytes]]) -> None:
+    """Until every child has ended (Ctrl-C or SIGTERM ends them): one that dies is reported,
+    and the others go on, as a cluster does."""
+    reported: set[int] = set()
+    while any(child.poll() is None for child in children):
+        for child in children:
+            if child.poll() is not None and child.pid not in reported:
+                reported.add(child.pid)
+                name = " ".join(str(part) for part in child.args[:4])
+                print(f"run-cluster: {name} ... exited ({child.returncode})", flush=True)
+        time.sleep(0.5)
+
+
+def picture() -> str:
+    """The module's picture (drawn with the default ports) and the ports in use."""
+    listing = ", ".join(
+        f"{name} {value}"
+        for name, value in (
+            ("nginx", os.environ.get("PROXY_PORT", "8080")),
+            ("edges", os.environ.get("EDGE_PORTS", "8001,8002")),
+            ("feeds", os.environ.get("FEED_PORTS", "50051,50052")),
+            ("NATS", os.environ.get("NATS_PORTS", "4222,4223,4224")),
+        )
+    )
+    return __doc__.split("\n\n")[1] + f"\n\n  ports in use: {listing}"
 
 
 if __name__ == "__main__":

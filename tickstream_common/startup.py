@@ -49,10 +49,23 @@ def run_service(
     the error it raised (see the module docstring)."""
     try:
         settings = settings_type(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-    except (ValidationError, ValueError) as error:
+    except ValidationError as error:
+        return fail(name, f"invalid configuration: {one_line(error)}", 2)
+    except ValueError as error:
         return fail(name, f"invalid configuration: {error}", 2)
     configure_logging(settings.log_level, settings.log_format, secrets(settings))
     return exit_code(name, lambda: run(settings))
+
+
+def one_line(error: ValidationError) -> str:
+    """Every problem of ``error`` as ``field: message``, joined with ``; `` (pydantic's own text
+    spans lines and ends with a link)."""
+    parts = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
 
 
 def exit_code(name: str, run: Callable[[], int]) -> int:

@@ -314,3 +314,43 @@ async def test_a_replica_cut_off_from_nats_is_not_serving_until_it_is_back(
             assert ack.accepted == 2
     finally:
         server.stop()
+
+
+async def test_a_resent_batch_is_a_duplicate_on_any_replica_and_after_a_restart(
+    one_node: ServiceProcess,
+) -> None:
+    """Dedup ids travel with the ticks in the stream: every replica learns them, and a
+    restarted one relearns them while it reads its history back."""
+    url = nats_args(one_node, "TICKS")
+    a, b = start_feed(*NO_SOURCE, *url), start_feed(*NO_SOURCE, *url)
+    try:
+        batch = producer_batches("dup", 3)
+        first = await publish(target(a), batch)
+        assert sum(ack.accepted for ack in first) == 13
+        await asyncio.sleep(0.5)  # B reads them from the stream
+        again = await publish(target(b), batch)
+        assert [(ack.accepted, ack.duplicates) for ack in again] == [(0, 2), (0, 8), (0, 3)]
+        a.stop()
+        a = start_feed(*NO_SOURCE, *url)
+        after_restart = await publish(target(a), batch)
+        assert sum(ack.duplicates for ack in after_restart) == 13
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_a_replica_does_not_change_the_limits_of_an_existing_stream(
+    one_node: ServiceProcess,
+) -> None:
+    url = nats_args(one_node, "TICKS")
+    a = start_feed(*NO_SOURCE, *url, "--history-size", "5000")
+    with services(a):
+        b = start_feed(*NO_SOURCE, *url, "--history-size", "10")
+        with services(b):
+            b.wait_for_line(r"stream TICKS keeps 5000 messages .* not this feed's 10")
+            client = await nats.connect(nats_url(one_node))
+            try:
+                info = await client.jetstream().stream_info("TICKS")
+            finally:
+                await client.close()
+            assert info.config.max_msgs == 5000

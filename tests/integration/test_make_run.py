@@ -84,25 +84,53 @@ def test_make_run_cluster_serves_ticks_through_nginx_and_stops_cleanly(tmp_path:
         text=True,
         start_new_session=True,
     )
-    tick, base = None, f"http://127.0.0.1:{ports['PROXY_PORT']}"
+    tick, again, base = None, None, f"http://127.0.0.1:{ports['PROXY_PORT']}"
     try:
         deadline = time.monotonic() + 90
         while tick is None and time.monotonic() < deadline:
-            try:
-                with httpx.stream("GET", f"{base}/sse/BTCUSDT", timeout=5) as response:
-                    for line in response.iter_lines() if response.status_code == 200 else ():
-                        if line.startswith("data: "):
-                            tick = json.loads(line[6:])
-                            break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+            tick = first_tick(f"{base}/sse/BTCUSDT")
         time.sleep(1.0)  # it prints the picture once nginx answers /readyz
+        # One edge dies: the rest stays up, and nginx serves from the other.
+        os.kill(cluster_pid(make.pid, "edge_service", ports["EDGE_PORTS"].split(",")[0]), 9)
+        again = None
+        deadline = time.monotonic() + 20
+        while again is None and time.monotonic() < deadline:
+            again = first_tick(f"{base}/sse/ETHUSDT")
     finally:
         os.killpg(make.pid, signal.SIGTERM)
         output, _ = make.communicate(timeout=60)
     assert tick is not None and tick["symbol"] == "BTCUSDT", output[-3000:]
+    assert again is not None and "edge_service --port" in output and "exited (-9)" in output
     assert f"{base}/" in output and "NATS JetStream" in output, "it prints the picture"
     time.sleep(1.0)
     with pytest.raises(ProcessLookupError):  # every NATS node, feed, edge and nginx ended
         os.killpg(make.pid, 0)
+
+
+def first_tick(url: str) -> dict[str, str] | None:
+    """The first tick of the stream at ``url``; None when it cannot be read now."""
+    try:
+        with httpx.stream("GET", url, timeout=5) as response:
+            for line in response.iter_lines() if response.status_code == 200 else ():
+                if line.startswith("data: "):
+                    return dict(json.loads(line[6:]))
+    except httpx.HTTPError:
+        pass
+    time.sleep(0.3)
+    return None
+
+
+def cluster_pid(group: int, module: str, port: str) -> int:
+    """The PID of the ``python -m module --port port`` process of process group ``group``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if os.getpgid(int(entry.name)) != group:
+                continue
+        except (OSError, ProcessLookupError):
+            continue
+        if module.encode() in argv and port.encode() in argv:
+            return int(entry.name)
+    raise AssertionError(f"no {module} on port {port} in process group {group}")
