@@ -149,13 +149,19 @@ def watch(children: list[subprocess.Popen[bytes]]) -> None:
     """Until every child has ended (Ctrl-C or SIGTERM ends them): one that dies is reported,
     and the others go on, as a cluster does."""
     reported: set[int] = set()
-    while any(child.poll() is None for child in children):
+
+    def report() -> None:
         for child in children:
-            if child.poll() is not None and child.pid not in reported:
+            code = child.poll()
+            if code not in (None, 0, -signal.SIGTERM) and child.pid not in reported:
                 reported.add(child.pid)
                 name = " ".join(str(part) for part in child.args[:4])
-                print(f"run-cluster: {name} ... exited ({child.returncode})", flush=True)
+                print(f"run-cluster: {name} ... exited ({code})", flush=True)
+
+    while any(child.poll() is None for child in children):
+        report()
         time.sleep(0.5)
+    report()  # one that died just before the rest were stopped
 
 
 def picture() -> str:

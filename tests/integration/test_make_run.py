@@ -100,7 +100,8 @@ def test_make_run_cluster_serves_ticks_through_nginx_and_stops_cleanly(tmp_path:
         os.killpg(make.pid, signal.SIGTERM)
         output, _ = make.communicate(timeout=60)
     assert tick is not None and tick["symbol"] == "BTCUSDT", output[-3000:]
-    assert again is not None and "edge_service --port" in output and "exited (-9)" in output
+    assert again is not None, "nginx serves from the other edge:\n" + output[-3000:]
+    assert "edge_service --port" in output and "exited (-9)" in output, output[-3000:]
     assert f"{base}/" in output and "NATS JetStream" in output, "it prints the picture"
     time.sleep(1.0)
     with pytest.raises(ProcessLookupError):  # every NATS node, feed, edge and nginx ended
