@@ -96,12 +96,10 @@ class ClientSession:
         self.epoch, self.cursor = source.epoch, source.watermark
         if reset is not None:
             self._emit_reset(*reset, self.symbols)
-        if snapshot and getattr(source, "settled", True):
-            self._send_snapshot(source)  # sent without ids: values, not positions in the stream
-        elif snapshot:
-            # A merge whose lagging symbols have not reached its start yet: their latest ticks
-            # before it are still on their way, so the snapshot waits for its first dispatch.
-            self.snapshot_due = True
+        if snapshot:  # without ids (values, not positions); an unsettled merge's waits
+            self.snapshot_due = not getattr(source, "settled", True)  # for its first dispatch
+            if not self.snapshot_due:
+                self._send_snapshot(source)
 
     def _send_snapshot(self, source: TickSource) -> None:
         if self.snapshot_due:  # the merge's state at its start, not after this dispatch
