@@ -24,19 +24,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_make_run_serves_real_btcusdt_ticks_within_15_seconds() -> None:
-    feed_port, edge_port = free_port(), free_port()
-    env = {**os.environ, "FEED_PORT": str(feed_port), "EDGE_PORT": str(edge_port)}
-    started = time.monotonic()
-    make = subprocess.Popen(
-        ["make", "--no-print-directory", "run"],
+def start_make(target: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``make target`` in its own process group (so the test can stop all of it), output piped."""
+    return subprocess.Popen(
+        ["make", "--no-print-directory", target],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,  # its own process group, so the test can stop all of it
+        start_new_session=True,
     )
+
+
+def test_make_run_serves_real_btcusdt_ticks_within_15_seconds() -> None:
+    feed_port, edge_port = free_port(), free_port()
+    env = {**os.environ, "FEED_PORT": str(feed_port), "EDGE_PORT": str(edge_port)}
+    started = time.monotonic()
+    make = start_make("run", env)
     tick = None
     try:
         while tick is None and time.monotonic() - started < DEADLINE_S:
@@ -75,15 +80,7 @@ def test_make_run_cluster_serves_ticks_through_nginx_and_stops_cleanly(tmp_path:
         "PROXY_PORT": str(free_port()),
     }
     env = {**os.environ, **ports, "CLUSTER_DIR": str(tmp_path / "cluster")}
-    make = subprocess.Popen(
-        ["make", "--no-print-directory", "run-cluster"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    make = start_make("run-cluster", env)
     tick, again, base = None, None, f"http://127.0.0.1:{ports['PROXY_PORT']}"
     try:
         deadline = time.monotonic() + 90
