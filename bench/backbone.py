@@ -25,7 +25,17 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import BENCH, PY, Proc, free_port, metric_samples, run_load, start, wait_http
+from harness import (
+    BENCH,
+    PY,
+    Proc,
+    cpu_seconds,
+    free_port,
+    metric_samples,
+    run_load,
+    start,
+    wait_http,
+)
 from servers import REPLAY_SYMBOLS, replay_source
 
 NATS = Path(PY).parent / "nats-server"
@@ -116,12 +126,6 @@ def head_offset(metrics_port: int) -> float:
     return found["tickstream_feed_head_offset"]
 
 
-def cpu_s(proc: Proc) -> float:
-    from harness import cpu_seconds
-
-    return cpu_seconds(proc.pid)
-
-
 def publish_rates(logs: Path) -> list[Row]:
     """Ticks/s acknowledged to one producer by a replica on the cluster, and by the hub."""
     rows = []
@@ -172,9 +176,9 @@ def cpu_per_tick(logs: Path) -> list[Row]:
             readers = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
             time.sleep(4)  # connected and reading
             nodes = [proc for proc in stack.procs if proc.name.startswith("nats")]
-            before = (cpu_s(a), cpu_s(b), sum(map(cpu_s, nodes)), head_offset(a_metrics))
+            before = reading(a, b, nodes, a_metrics)
             time.sleep(WINDOW_S)
-            after = (cpu_s(a), cpu_s(b), sum(map(cpu_s, nodes)), head_offset(a_metrics))
+            after = reading(a, b, nodes, a_metrics)
             out, _ = readers.communicate(timeout=60)
             ticks = after[3] - before[3]
             per_a, per_b, per_nats = ((after[i] - before[i]) / ticks * 1e6 for i in range(3))
@@ -196,6 +200,12 @@ def cpu_per_tick(logs: Path) -> list[Row]:
     finally:
         stack.stop()
     return rows
+
+
+def reading(a: Proc, b: Proc, nodes: list[Proc], a_metrics: int) -> tuple[float, ...]:
+    """CPU seconds of replica A, of B and of the NATS nodes together, and A's head offset."""
+    nats_cpu = sum(cpu_seconds(node.pid) for node in nodes)
+    return cpu_seconds(a.pid), cpu_seconds(b.pid), nats_cpu, head_offset(a_metrics)
 
 
 def replay_started_ns(port: int) -> int:
