@@ -9,12 +9,14 @@ from collections.abc import Awaitable, Callable, Container, Iterable, Sequence
 
 from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 
+from .books import BookKeeper
 from .history import TickHistory
 from .liveness import Liveness
-from .wire import StoredTick, event_time_field, ingest_time_field
+from .wire import DRAFT_TYPES, StoredTick, event_time_field, ingest_time_field
 
 TRADE = tick_pb2.TICK_TYPE_TRADE
 QUOTE = tick_pb2.TICK_TYPE_QUOTE
+BOOK = tick_pb2.TICK_TYPE_BOOK
 
 
 def new_epoch() -> str:
@@ -52,6 +54,7 @@ class TickHub:
         self._symbols: dict[str, feed_pb2.SymbolInfo] = {}
         self._sequences: dict[tuple[str, int], int] = {}
         self._latest: dict[tuple[str, int], StoredTick] = {}
+        self.books = BookKeeper()
         self._advanced = asyncio.Event()
         self.ready = False
 
@@ -120,7 +123,7 @@ class TickHub:
                 raise KeyError(symbol)
             if draft.dedup_id:
                 draft.ClearField("dedup_id")  # not part of the tick
-            kind = TRADE if draft.HasField("trade") else QUOTE
+            kind = DRAFT_TYPES[draft.WhichOneof("body")]
             key = (symbol, kind)
             sequence = sequences.get(key, 0) + 1
             sequences[key] = sequence
@@ -143,8 +146,12 @@ class TickHub:
             # State changes come before the ticks: "live" precedes the tick that revived it.
             self.liveness.touch({tick.symbol for tick in ticks}, now_ns)
         latest = self._latest
+        books = False
         for tick in ticks:
             latest[(tick.symbol, tick.tick_type)] = tick
+            books = books or tick.tick_type == BOOK
+        if books or self.books:
+            self.books.store(ticks, self.history.earliest_offset)
         self.wake_waiters()
 
     def wake_waiters(self) -> None:
@@ -165,14 +172,25 @@ class TickHub:
         return True
 
     def snapshot(self, symbols: Iterable[str], types: frozenset[int]) -> list[StoredTick]:
-        """The latest tick of each requested (symbol, type) pair, in offset order."""
+        """The latest tick of each requested (symbol, type) pair, in offset order; books are
+        not in it (see :meth:`book_bases`)."""
         latest = [
             tick
             for symbol in symbols
             for kind in types
-            if (tick := self._latest.get((symbol, kind))) is not None
+            if kind != BOOK and (tick := self._latest.get((symbol, kind))) is not None
         ]
         return sorted(latest, key=lambda tick: tick.offset)
+
+    def book_bases(self, symbols: Iterable[str], offset: int) -> list[StoredTick]:
+        """Each symbol's whole book as of ``offset`` (a snapshot tick with the header of the
+        last update up to it), in offset order; symbols without a complete book are left out."""
+        bases = [
+            StoredTick.of(tick, BOOK)
+            for symbol in symbols
+            if symbol in self.books and (tick := self.books.at(symbol, offset)) is not None
+        ]
+        return sorted(bases, key=lambda tick: tick.offset)
 
     def heartbeat(self) -> feed_pb2.Heartbeat:
         """A Heartbeat with the epoch, head and earliest offsets, stamped now."""

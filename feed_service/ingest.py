@@ -16,6 +16,7 @@ from decimal import Decimal
 
 from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 
+from tickstream_common.book import is_zero
 from tickstream_common.symbols import SYMBOL_PATTERN, is_valid_symbol
 
 from .errors import InvalidRequest, LimitExceeded
@@ -26,6 +27,7 @@ DECIMAL_PATTERN = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?")
 """Prices and sizes: digits, optionally a point and more digits; no sign, exponent or spaces."""
 MAX_DEDUP_ID = 128
 MAX_TRADE_ID = 128
+MAX_BOOK_LEVELS = 5_000  # a side, in one update
 MAX_TIMESTAMP_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the protobuf Timestamp range
 # Every decimal of a body in one match: the common case costs one regex call; a failure is
 # then located field by field.
@@ -47,14 +49,19 @@ class InvalidDraft(InvalidRequest):
 
 
 def make_draft(
-    symbol: str, event_time_ns: int, body: tick_pb2.Trade | tick_pb2.Quote, dedup_id: str = ""
+    symbol: str,
+    event_time_ns: int,
+    body: tick_pb2.Trade | tick_pb2.Quote | tick_pb2.BookUpdate,
+    dedup_id: str = "",
 ) -> ingest_pb2.TickDraft:
     """A ``TickDraft`` message; ``event_time_ns`` in ns since the Unix epoch (UTC)."""
     draft = ingest_pb2.TickDraft(symbol=symbol, dedup_id=dedup_id)
     if isinstance(body, tick_pb2.Trade):
         draft.trade.CopyFrom(body)
-    else:
+    elif isinstance(body, tick_pb2.Quote):
         draft.quote.CopyFrom(body)
+    else:
+        draft.book.CopyFrom(body)
     draft.event_time.FromNanoseconds(event_time_ns)
     return draft
 
@@ -87,6 +94,30 @@ def _bid_above_ask(bid: str, ask: str) -> bool:
     return Decimal(bid) > Decimal(ask)
 
 
+def _check_book(index: int, book: tick_pb2.BookUpdate) -> None:
+    """A book update's levels: decimal strings, at most MAX_BOOK_LEVELS a side, no zero size in
+    a snapshot; update ids in order."""
+    for side in ("bids", "asks"):
+        levels = getattr(book, side)
+        if len(levels) > MAX_BOOK_LEVELS:
+            raise InvalidDraft(
+                index, f"book.{side}", f"has {len(levels)} levels; at most {MAX_BOOK_LEVELS}"
+            )
+        for number, level in enumerate(levels):
+            if not DECIMAL_PAIR.fullmatch(f"{level.price} {level.size}"):
+                _check_decimals(index, level, f"book.{side}[{number}]", TRADE_DECIMALS)
+            if book.snapshot and is_zero(level.size):
+                raise InvalidDraft(
+                    index, f"book.{side}[{number}].size", "is 0 in a snapshot (only updates remove)"
+                )
+    if book.first_update_id > book.last_update_id:
+        raise InvalidDraft(
+            index,
+            "book.first_update_id",
+            f"{book.first_update_id} is above book.last_update_id {book.last_update_id}",
+        )
+
+
 def check_draft(index: int, draft: ingest_pb2.TickDraft, known: Container[str] = ()) -> None:
     """Raise :class:`InvalidDraft` naming the first malformed field of ``draft``; symbols in
     ``known`` are valid already (a shortcut past the symbol rule)."""
@@ -114,8 +145,10 @@ def check_draft(index: int, draft: ingest_pb2.TickDraft, known: Container[str] =
             _check_decimals(index, quote, "quote", QUOTE_DECIMALS)
         if _bid_above_ask(bid, ask):
             raise InvalidDraft(index, "quote.bid_price", f"{bid} is above quote.ask_price {ask}")
+    elif body == "book":
+        _check_book(index, draft.book)
     else:
-        raise InvalidDraft(index, "body", "is missing: set trade or quote")
+        raise InvalidDraft(index, "body", "is missing: set trade, quote or book")
     if _too_long(draft.dedup_id, MAX_DEDUP_ID):
         raise InvalidDraft(index, "dedup_id", f"is over {MAX_DEDUP_ID} bytes (UTF-8)")
     if draft.HasField("event_time"):
@@ -244,10 +277,11 @@ class Ingestor:
                     f"{self._max_symbols} (--max-symbols); nothing of the batch was stored"
                 )
             price, size = new.get(symbol, scales.get(symbol, (0, 0)))
-            if draft.HasField("trade"):
+            body = draft.WhichOneof("body")
+            if body == "trade":
                 price = max(price, _decimals(draft.trade.price))
                 size = max(size, _decimals(draft.trade.size))
-            else:
+            elif body == "quote":
                 quote = draft.quote
                 price = max(price, _decimals(quote.bid_price), _decimals(quote.ask_price))
                 size = max(size, _decimals(quote.bid_size), _decimals(quote.ask_size))

@@ -293,6 +293,7 @@ class JetStreamHub(TickHub):
                 ticks[0].offset - 1,
             )
             self.history.start_at(ticks[0].offset)
+            self.books.forget()  # incomplete until the next book snapshot
         self.store(ticks, self.clock_ns())
 
 

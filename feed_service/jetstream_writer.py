@@ -37,7 +37,7 @@ from tickstream.v1 import ingest_pb2, tick_pb2
 
 from .errors import NotReady
 from .subjects import TickSubjects
-from .wire import event_time_field, ingest_time_field, varint
+from .wire import DRAFT_TYPES, event_time_field, ingest_time_field, varint
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,8 @@ class LogWriter:
     async def append(self, drafts: Sequence[ingest_pb2.TickDraft], ingest_ns: int) -> int:
         """Number and store ``drafts`` in order, all or nothing; the stream sequence (offset) of
         the last. Raises NotReady when the stream could not take them within the deadline."""
-        subjects = [
-            self._subjects.subject(d.symbol, tick_pb2.TICK_TYPE_TRADE)
-            if d.HasField("trade")
-            else self._subjects.subject(d.symbol, tick_pb2.TICK_TYPE_QUOTE)
-            for d in drafts
-        ]
+        subject = self._subjects.subject
+        subjects = [subject(d.symbol, DRAFT_TYPES[d.WhichOneof("body")]) for d in drafts]
         dedup_ids = [quote(draft.dedup_id, safe="") for draft in drafts]
         for draft in drafts:
             if draft.dedup_id:

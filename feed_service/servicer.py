@@ -18,7 +18,10 @@ from .metrics import FeedMetrics
 from .security import TokenTable
 from .wire import StoredTick, serialize_response, tick_batch_response
 
-ALL_TYPES = frozenset({tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE})
+BOOK = tick_pb2.TICK_TYPE_BOOK
+DEFAULT_TYPES = frozenset({tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE})
+"""What a request naming no types gets: trades and quotes, as before books and bars existed."""
+KNOWN_TYPES = DEFAULT_TYPES | {BOOK, tick_pb2.TICK_TYPE_BAR}
 MAX_SYMBOLS = 1_000
 BATCH_LIMIT = 500
 SCAN_LIMIT = 20_000
@@ -68,8 +71,8 @@ def plan_subscription(request: feed_pb2.SubscribeRequest, hub: TickHub) -> Subsc
     unknown = sorted(s for s in symbols if not hub.knows(s))
     if unknown:
         raise UnknownSymbol(f"unknown symbol: {', '.join(unknown[:10])}")
-    types = frozenset(request.types) or ALL_TYPES
-    if not types <= ALL_TYPES:
+    types = frozenset(request.types) or DEFAULT_TYPES
+    if not types <= KNOWN_TYPES:
         raise InvalidRequest("types holds an unknown or unspecified TickType")
     start = request.WhichOneof("start") or "live"
     if start == "earliest" and not request.earliest:
@@ -201,12 +204,22 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             # Sent even when empty, so the client knows the snapshot is complete. Not when the
             # stream goes on from older ticks (after an epoch change): they come after it.
             opening.append(tick_batch_response(hub.snapshot(plan.symbols, plan.types), cursor))
+        opening.extend(self._book_bases(plan, cursor))
         opening.extend(
             feed_pb2.SubscribeResponse(status=liveness.status(symbol))
             for symbol in sorted(plan.symbols)
             if liveness.is_stale(symbol)
         )
         return cursor, opening
+
+    def _book_bases(self, plan: SubscriptionPlan, cursor: int) -> list[bytes]:
+        """For a subscriber to books: each symbol's whole book as of ``cursor``, one snapshot
+        tick a symbol (offset: its last update's, at or before ``cursor``), so the updates
+        after ``cursor`` have a book to apply to. Sent whatever ``snapshot`` says."""
+        if BOOK not in plan.types:
+            return []
+        bases = self._hub.book_bases(sorted(plan.symbols), cursor)
+        return [tick_batch_response(bases, cursor)] if bases else []
 
     async def _catch_up(self, plan: SubscriptionPlan) -> None:
         """On a shared backbone, a resume position from another replica may be ahead of what
@@ -234,7 +247,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         for message in opening:
             yield message
         symbols, types = plan.symbols, plan.types
-        every_type = types == ALL_TYPES
+        every_type = types >= KNOWN_TYPES
         last_sent = clock()
         from_earliest = plan.start == "earliest"
         while not self.closing:
@@ -250,6 +263,8 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                     "the subscriber fell behind the retained history",
                     cursor,
                 )
+                for bases in self._book_bases(plan, cursor):
+                    yield bases
                 last_sent = clock()
             if liveness.version != status_seen:
                 # State changes come before the ticks stored after them: "live" precedes the

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from tickstream.v1 import tick_pb2
 
-KIND_TOKENS = {tick_pb2.TICK_TYPE_TRADE: "trade", tick_pb2.TICK_TYPE_QUOTE: "quote"}
+KIND_TOKENS = {
+    tick_pb2.TICK_TYPE_TRADE: "trade",
+    tick_pb2.TICK_TYPE_QUOTE: "quote",
+    tick_pb2.TICK_TYPE_BOOK: "book",
+    tick_pb2.TICK_TYPE_BAR: "bar",
+}
 TOKEN_KINDS = {token: kind for kind, token in KIND_TOKENS.items()}
 
 
@@ -48,6 +53,6 @@ class TickSubjects:
             raise ValueError(f"{subject!r} is not under {self.prefix!r}")
         token, _, kind = subject[len(self.prefix) :].rpartition(".")
         if not token or kind not in TOKEN_KINDS:
-            raise ValueError(f"{subject!r} is not <prefix>.<symbol>.<trade|quote>")
+            raise ValueError(f"{subject!r} is not <prefix>.<symbol>.<trade|quote|book|bar>")
         parsed = self._parsed[subject] = (token_symbol(token), TOKEN_KINDS[kind])
         return parsed

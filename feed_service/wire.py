@@ -83,6 +83,14 @@ def event_time_field(ns: int) -> bytes:
     return timestamp_field(_EVENT_TIME_KEY, ns)
 
 
+DRAFT_TYPES = {
+    "trade": tick_pb2.TICK_TYPE_TRADE,
+    "quote": tick_pb2.TICK_TYPE_QUOTE,
+    "book": tick_pb2.TICK_TYPE_BOOK,
+}
+"""A ``TickDraft``'s body (``WhichOneof("body")``) -> the type of the tick it makes."""
+
+
 class StoredTick(NamedTuple):
     """A published tick: the fields subscribers filter on as plain values, and ``entry``, its
     bytes as one ``TickBatch.ticks`` element (``body_at``: where the Tick's own bytes start).
@@ -91,7 +99,7 @@ class StoredTick(NamedTuple):
 
     offset: int
     symbol: str
-    tick_type: int  # tick_pb2.TICK_TYPE_TRADE or TICK_TYPE_QUOTE
+    tick_type: int  # a tick_pb2.TickType
     entry: bytes
     body_at: int
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tickstream/v1/tick.proto\x12\rtickstream.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x05Trade\x12\r\n\x05price\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\t\x12\x10\n\x08trade_id\x18\x03 \x01(\t\x12!\n\x04side\x18\x04 \x01(\x0e\x32\x13.tickstream.v1.Side\"Q\n\x05Quote\x12\x11\n\tbid_price\x18\x01 \x01(\t\x12\x10\n\x08\x62id_size\x18\x02 \x01(\t\x12\x11\n\task_price\x18\x03 \x01(\t\x12\x10\n\x08\x61sk_size\x18\x04 \x01(\t\"\xef\x01\n\x04Tick\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bingest_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05trade\x18\x06 \x01(\x0b\x32\x14.tickstream.v1.TradeH\x00\x12%\n\x05quote\x18\x07 \x01(\x0b\x32\x14.tickstream.v1.QuoteH\x00\x42\x06\n\x04\x62ody*O\n\x08TickType\x12\x19\n\x15TICK_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTICK_TYPE_TRADE\x10\x01\x12\x13\n\x0fTICK_TYPE_QUOTE\x10\x02*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02\x42\x64\n\x11\x64\x65v.tickstream.v1B\tTickProtoP\x01ZBgithub.com/tickstream/tickstream/gen/go/tickstream/v1;tickstreamv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tickstream/v1/tick.proto\x12\rtickstream.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x05Trade\x12\r\n\x05price\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\t\x12\x10\n\x08trade_id\x18\x03 \x01(\t\x12!\n\x04side\x18\x04 \x01(\x0e\x32\x13.tickstream.v1.Side\"Q\n\x05Quote\x12\x11\n\tbid_price\x18\x01 \x01(\t\x12\x10\n\x08\x62id_size\x18\x02 \x01(\t\x12\x11\n\task_price\x18\x03 \x01(\t\x12\x10\n\x08\x61sk_size\x18\x04 \x01(\t\"(\n\tBookLevel\x12\r\n\x05price\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\t\"\x9f\x01\n\nBookUpdate\x12&\n\x04\x62ids\x18\x01 \x03(\x0b\x32\x18.tickstream.v1.BookLevel\x12&\n\x04\x61sks\x18\x02 \x03(\x0b\x32\x18.tickstream.v1.BookLevel\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x17\n\x0f\x66irst_update_id\x18\x04 \x01(\x04\x12\x16\n\x0elast_update_id\x18\x05 \x01(\x04\"\xbf\x01\n\x03\x42\x61r\x12\x10\n\x08interval\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04open\x18\x03 \x01(\t\x12\x0c\n\x04high\x18\x04 \x01(\t\x12\x0b\n\x03low\x18\x05 \x01(\t\x12\r\n\x05\x63lose\x18\x06 \x01(\t\x12\x0e\n\x06volume\x18\x07 \x01(\t\x12\x14\n\x0cquote_volume\x18\x08 \x01(\t\x12\x0e\n\x06trades\x18\t \x01(\x04\x12\r\n\x05\x66inal\x18\n \x01(\x08\"\xbd\x02\n\x04Tick\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bingest_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05trade\x18\x06 \x01(\x0b\x32\x14.tickstream.v1.TradeH\x00\x12%\n\x05quote\x18\x07 \x01(\x0b\x32\x14.tickstream.v1.QuoteH\x00\x12)\n\x04\x62ook\x18\x08 \x01(\x0b\x32\x19.tickstream.v1.BookUpdateH\x00\x12!\n\x03\x62\x61r\x18\t \x01(\x0b\x32\x12.tickstream.v1.BarH\x00\x42\x06\n\x04\x62ody*v\n\x08TickType\x12\x19\n\x15TICK_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTICK_TYPE_TRADE\x10\x01\x12\x13\n\x0fTICK_TYPE_QUOTE\x10\x02\x12\x12\n\x0eTICK_TYPE_BOOK\x10\x03\x12\x11\n\rTICK_TYPE_BAR\x10\x04*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02\x42\x64\n\x11\x64\x65v.tickstream.v1B\tTickProtoP\x01ZBgithub.com/tickstream/tickstream/gen/go/tickstream/v1;tickstreamv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tickstream.v1.tick_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.tickstream.v1B\tTickProtoP\001ZBgithub.com/tickstream/tickstream/gen/go/tickstream/v1;tickstreamv1'
-  _globals['_TICKTYPE']._serialized_start=492
-  _globals['_TICKTYPE']._serialized_end=571
-  _globals['_SIDE']._serialized_start=573
-  _globals['_SIDE']._serialized_end=630
+  _globals['_TICKTYPE']._serialized_start=968
+  _globals['_TICKTYPE']._serialized_end=1086
+  _globals['_SIDE']._serialized_start=1088
+  _globals['_SIDE']._serialized_end=1145
   _globals['_TRADE']._serialized_start=76
   _globals['_TRADE']._serialized_end=165
   _globals['_QUOTE']._serialized_start=167
   _globals['_QUOTE']._serialized_end=248
-  _globals['_TICK']._serialized_start=251
-  _globals['_TICK']._serialized_end=490
+  _globals['_BOOKLEVEL']._serialized_start=250
+  _globals['_BOOKLEVEL']._serialized_end=290
+  _globals['_BOOKUPDATE']._serialized_start=293
+  _globals['_BOOKUPDATE']._serialized_end=452
+  _globals['_BAR']._serialized_start=455
+  _globals['_BAR']._serialized_end=646
+  _globals['_TICK']._serialized_start=649
+  _globals['_TICK']._serialized_end=966
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -29,6 +31,10 @@ class _TickTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TickType.Val
     """A Trade body: one execution on the venue."""
     TICK_TYPE_QUOTE: _TickType.ValueType  # 2
     """A Quote body: the best bid and ask after a book change."""
+    TICK_TYPE_BOOK: _TickType.ValueType  # 3
+    """A BookUpdate body: changed levels of the symbol's L2 order book, or all of it."""
+    TICK_TYPE_BAR: _TickType.ValueType  # 4
+    """A Bar body: an OHLCV candle the feed aggregates from trades."""
 
 class TickType(_TickType, metaclass=_TickTypeEnumTypeWrapper):
     """The kind of body a tick carries; used to filter subscriptions."""
@@ -38,6 +44,10 @@ TICK_TYPE_TRADE: TickType.ValueType  # 1
 """A Trade body: one execution on the venue."""
 TICK_TYPE_QUOTE: TickType.ValueType  # 2
 """A Quote body: the best bid and ask after a book change."""
+TICK_TYPE_BOOK: TickType.ValueType  # 3
+"""A BookUpdate body: changed levels of the symbol's L2 order book, or all of it."""
+TICK_TYPE_BAR: TickType.ValueType  # 4
+"""A Bar body: an OHLCV candle the feed aggregates from trades."""
 Global___TickType: _TypeAlias = TickType  # noqa: Y015
 
 class _Side:
@@ -132,6 +142,139 @@ class Quote(_message.Message):
 Global___Quote: _TypeAlias = Quote  # noqa: Y015
 
 @_typing.final
+class BookLevel(_message.Message):
+    """One price level of an order book side. Decimal strings as in Trade."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRICE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    price: _builtins.str
+    """Price of the level (decimal string)."""
+    size: _builtins.str
+    """Total quantity resting at the price; "0" in an update removes the level."""
+    def __init__(
+        self,
+        *,
+        price: _builtins.str = ...,
+        size: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["price", b"price", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BookLevel: _TypeAlias = BookLevel  # noqa: Y015
+
+@_typing.final
+class BookUpdate(_message.Message):
+    """A change to a symbol's L2 order book (aggregated by price level).
+
+    With `snapshot` false the levels are the ones that changed since the
+    previous update of the symbol: each replaces the level at its price, and a
+    size of "0" removes it. With `snapshot` true the levels are the whole book
+    (no zero sizes), replacing everything before. A subscriber to
+    TICK_TYPE_BOOK first gets one snapshot per symbol holding the book as of
+    its start position, then the updates after it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BIDS_FIELD_NUMBER: _builtins.int
+    ASKS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    FIRST_UPDATE_ID_FIELD_NUMBER: _builtins.int
+    LAST_UPDATE_ID_FIELD_NUMBER: _builtins.int
+    snapshot: _builtins.bool
+    """True when the levels are the whole book."""
+    first_update_id: _builtins.int
+    """The venue's first and last update id covered (Binance `U` and `u`; for a
+    snapshot both are its `lastUpdateId`); 0 when the source has none.
+    """
+    last_update_id: _builtins.int
+    @_builtins.property
+    def bids(self) -> _containers.RepeatedCompositeFieldContainer[Global___BookLevel]:
+        """Bid levels; in a snapshot, best (highest) first."""
+
+    @_builtins.property
+    def asks(self) -> _containers.RepeatedCompositeFieldContainer[Global___BookLevel]:
+        """Ask levels; in a snapshot, best (lowest) first."""
+
+    def __init__(
+        self,
+        *,
+        bids: _abc.Iterable[Global___BookLevel] | None = ...,
+        asks: _abc.Iterable[Global___BookLevel] | None = ...,
+        snapshot: _builtins.bool = ...,
+        first_update_id: _builtins.int = ...,
+        last_update_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asks", b"asks", "bids", b"bids", "first_update_id", b"first_update_id", "last_update_id", b"last_update_id", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BookUpdate: _TypeAlias = BookUpdate  # noqa: Y015
+
+@_typing.final
+class Bar(_message.Message):
+    """An OHLCV candle of one symbol's trades over [start, start + interval)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    OPEN_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    QUOTE_VOLUME_FIELD_NUMBER: _builtins.int
+    TRADES_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    interval: _builtins.str
+    """The bar's length as text: "1s", "1m", "5m", "1h", "1d"."""
+    open: _builtins.str
+    """First, highest, lowest and last trade price (decimal strings)."""
+    high: _builtins.str
+    low: _builtins.str
+    close: _builtins.str
+    volume: _builtins.str
+    """Sum of trade sizes (base asset) and of price * size (quote asset)."""
+    quote_volume: _builtins.str
+    trades: _builtins.int
+    """Number of trades in the bar."""
+    final: _builtins.bool
+    """True once the bar has closed: its values are final and sent once."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Opening time of the bar (exchange time, aligned to the interval)."""
+
+    def __init__(
+        self,
+        *,
+        interval: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        open: _builtins.str = ...,
+        high: _builtins.str = ...,
+        low: _builtins.str = ...,
+        close: _builtins.str = ...,
+        volume: _builtins.str = ...,
+        quote_volume: _builtins.str = ...,
+        trades: _builtins.int = ...,
+        final: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "final", b"final", "high", b"high", "interval", b"interval", "low", b"low", "open", b"open", "quote_volume", b"quote_volume", "start", b"start", "trades", b"trades", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Bar: _TypeAlias = Bar  # noqa: Y015
+
+@_typing.final
 class Tick(_message.Message):
     """One market-data event, numbered by the feed."""
 
@@ -144,6 +287,8 @@ class Tick(_message.Message):
     INGEST_TIME_FIELD_NUMBER: _builtins.int
     TRADE_FIELD_NUMBER: _builtins.int
     QUOTE_FIELD_NUMBER: _builtins.int
+    BOOK_FIELD_NUMBER: _builtins.int
+    BAR_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     """Instrument symbol, matching ^[A-Z0-9][A-Z0-9._-]{0,31}$ (e.g. "BTCUSDT")."""
     sequence: _builtins.int
@@ -162,6 +307,10 @@ class Tick(_message.Message):
     def trade(self) -> Global___Trade: ...
     @_builtins.property
     def quote(self) -> Global___Quote: ...
+    @_builtins.property
+    def book(self) -> Global___BookUpdate: ...
+    @_builtins.property
+    def bar(self) -> Global___Bar: ...
     def __init__(
         self,
         *,
@@ -172,12 +321,14 @@ class Tick(_message.Message):
         ingest_time: _timestamp_pb2.Timestamp | None = ...,
         trade: Global___Trade | None = ...,
         quote: Global___Quote | None = ...,
+        book: Global___BookUpdate | None = ...,
+        bar: Global___Bar | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "event_time", b"event_time", "ingest_time", b"ingest_time", "quote", b"quote", "trade", b"trade"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bar", b"bar", "body", b"body", "book", b"book", "event_time", b"event_time", "ingest_time", b"ingest_time", "quote", b"quote", "trade", b"trade"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "event_time", b"event_time", "ingest_time", b"ingest_time", "offset", b"offset", "quote", b"quote", "sequence", b"sequence", "symbol", b"symbol", "trade", b"trade"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bar", b"bar", "body", b"body", "book", b"book", "event_time", b"event_time", "ingest_time", b"ingest_time", "offset", b"offset", "quote", b"quote", "sequence", b"sequence", "symbol", b"symbol", "trade", b"trade"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["trade", "quote"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["trade", "quote", "book", "bar"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
