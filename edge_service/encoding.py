@@ -20,11 +20,21 @@ from google.protobuf import json_format
 from sse_starlette import ServerSentEvent
 from tickstream.v1 import feed_pb2, tick_pb2
 
+from tickstream_common.book import Level, OrderBook
+
 from .cursor import format_event_id
 
 SEP = "\n"
 TRADE = "trade"
 QUOTE = "quote"
+BOOK = "book"
+BOOK_KIND = "book:"
+"""An encoded book event's ``kind`` is ``book:<depth>``: the top ``depth`` levels a side."""
+
+
+def book_kind(depth: int) -> str:
+    """The ``kind`` of book events of ``depth`` levels a side."""
+    return f"{BOOK_KIND}{depth}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +44,7 @@ class EncodedTick:
 
     offset: int
     symbol: str
-    kind: str  # TRADE or QUOTE
+    kind: str  # TRADE, QUOTE, book_kind(depth), or BOOK for an update not encoded yet
     frame: bytes
     ingest_ns: int
 
@@ -193,6 +203,8 @@ def encode_tick(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
             f'"trade":{{"price":{_quoted(price)},"size":{_quoted(size)},'
             f'"tradeId":{_quoted(trade_id)},"side":{_SIDES[side]}}}'
         )
+    elif kind == BOOK:  # encoded per depth, once applied to the book (encode_book)
+        return _encoded_tick(offset, symbol, BOOK, b"", ingest_s * _NS_PER_S + ingest_nanos)
     else:
         return _encode_sparse(tick, epoch)
     try:
@@ -235,9 +247,9 @@ def _quote_fields(book: tick_pb2.Quote) -> str:
     return ",".join(fields)
 
 
-def _encode_sparse(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
-    """:func:`encode_tick` of any tick: each field written only when set (as MessageToDict does:
-    scalars when not at their default, Timestamps and the body when present)."""
+def _header_fields(tick: tick_pb2.Tick) -> tuple[list[str], int]:
+    """The JSON members of ``tick``'s fields before its body that are set, and its ingest time
+    (ns since the epoch, 0 when unset). Raises _Unhandled for a Timestamp out of range."""
     fields = []
     if symbol := tick.symbol:
         fields.append('"symbol":' + _quoted(symbol))
@@ -246,16 +258,24 @@ def _encode_sparse(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
     if offset := tick.offset:
         fields.append(f'"offset":"{offset}"')
     ingest_ns = 0
+    if tick.HasField("event_time"):
+        stamp = tick.event_time
+        fields.append('"eventTime":' + _timestamp_json(stamp.seconds, stamp.nanos))
+    if tick.HasField("ingest_time"):
+        stamp = tick.ingest_time
+        fields.append('"ingestTime":' + _timestamp_json(stamp.seconds, stamp.nanos))
+        ingest_ns = stamp.seconds * _NS_PER_S + stamp.nanos
+    return fields, ingest_ns
+
+
+def _encode_sparse(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
+    """:func:`encode_tick` of any tick: each field written only when set (as MessageToDict does:
+    scalars when not at their default, Timestamps and the body when present)."""
     try:
-        if tick.HasField("event_time"):
-            stamp = tick.event_time
-            fields.append('"eventTime":' + _timestamp_json(stamp.seconds, stamp.nanos))
-        if tick.HasField("ingest_time"):
-            stamp = tick.ingest_time
-            fields.append('"ingestTime":' + _timestamp_json(stamp.seconds, stamp.nanos))
-            ingest_ns = stamp.seconds * _NS_PER_S + stamp.nanos
+        fields, ingest_ns = _header_fields(tick)
     except _Unhandled:
         return encode_tick_reference(tick, epoch)
+    symbol, offset = tick.symbol, tick.offset
     body = tick.WhichOneof("body")
     if body == TRADE:
         fields.append('"trade":{' + _trade_fields(tick.trade) + "}")
@@ -264,6 +284,31 @@ def _encode_sparse(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
     kind = TRADE if body == TRADE else QUOTE
     frame = f"{_id_prefix(epoch)}{offset}\nevent: {kind}\ndata: {{{','.join(fields)}}}\n\n"
     return _encoded_tick(offset, symbol, kind, frame.encode(), ingest_ns)
+
+
+def _levels_json(levels: list[Level]) -> str:
+    return ",".join(f'{{"price":{_quoted(p)},"size":{_quoted(s)}}}' for p, s in levels)
+
+
+def encode_book(tick: tick_pb2.Tick, book: OrderBook, depth: int, epoch: str) -> EncodedTick:
+    """The ``book`` event of ``tick``, a book update already applied to ``book``: the tick's
+    proto3 JSON with its body the top ``depth`` levels a side after the update, as a snapshot
+    (``{"bids": [{"price", "size"}...], "asks": [...], "snapshot": true, "firstUpdateId",
+    "lastUpdateId"}``, bids descending and asks ascending by price, ``bids``/``asks`` present
+    even when empty, update ids the book's last as strings when the source gives them). Its
+    kind is ``book_kind(depth)``. Raises ValueError for a Timestamp out of protobuf's range."""
+    try:
+        fields, ingest_ns = _header_fields(tick)
+    except _Unhandled:
+        raise ValueError("a book tick's timestamp is outside protobuf's range") from None
+    bids, asks = book.top(depth)
+    body = f'"bids":[{_levels_json(bids)}],"asks":[{_levels_json(asks)}],"snapshot":true'
+    if update_id := book.last_update_id:
+        body += f',"firstUpdateId":"{update_id}","lastUpdateId":"{update_id}"'
+    fields.append('"book":{' + body + "}")
+    offset = tick.offset
+    frame = f"{_id_prefix(epoch)}{offset}\nevent: book\ndata: {{{','.join(fields)}}}\n\n"
+    return _encoded_tick(offset, tick.symbol, book_kind(depth), frame.encode(), ingest_ns)
 
 
 def snapshot_frame(tick: EncodedTick) -> bytes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from .books import depths_of
 from .delivery import Flusher, chunk_frame
 from .session import ClientSession
 from .upstream import TickDispatch
@@ -95,13 +96,22 @@ class FanOut:
             session.on_closed(source, reason)
 
 
+def _upstreams(source: Any) -> list[Any]:
+    """The symbol upstreams behind ``source`` (a merge's, or the upstream itself)."""
+    return list(getattr(source, "upstreams", [source]))
+
+
 def join(source: Any, session: ClientSession, flusher: Flusher) -> FanOut:
-    """Add ``session`` to the fan-out of ``source`` for its types, made and listening if new."""
+    """Add ``session`` to the fan-out of ``source`` for its types, made and listening if new (a
+    new one asks the upstreams for book events at its depth)."""
     fan_outs: dict[frozenset[str], FanOut] = source.fan_outs
     fan_out = fan_outs.get(session.kinds)
     if fan_out is None:
         fan_out = fan_outs[session.kinds] = FanOut(source, session.kinds, flusher)
         source.listeners.add(fan_out)
+        for depth in depths_of(session.kinds):
+            for upstream in _upstreams(source):
+                upstream.want_depth(depth)
     fan_out.members.add(session)
     return fan_out
 
@@ -114,4 +124,7 @@ def leave(source: Any, session: ClientSession) -> bool:
         if not fan_out.members:
             del source.fan_outs[session.kinds]
             source.listeners.discard(fan_out)
+            for depth in depths_of(session.kinds):
+                for upstream in _upstreams(source):
+                    upstream.drop_depth(depth)
     return not source.listeners

@@ -18,7 +18,7 @@ from .sources import source_report
 from .state import RETRY_AFTER_S, EdgeState, edge_state
 from .streams import STREAM_PROBLEMS
 
-EVENT_SCHEMAS = ("trade", "quote", "reset", "status", "disconnect")
+EVENT_SCHEMAS = ("trade", "quote", "book", "reset", "status", "disconnect")
 FEED_PROBLEMS = {503: STREAM_PROBLEMS[503]}
 
 router = APIRouter()
@@ -93,7 +93,7 @@ def _resource(name: str) -> str:
 
 @router.get(
     "/schemas/{name}.json",
-    summary="JSON Schema of an SSE event's data (trade, quote, reset, status, disconnect)",
+    summary="JSON Schema of an SSE event's data (trade, quote, book, reset, status, disconnect)",
     responses={404: STREAM_PROBLEMS[404]},
 )
 async def event_schema(name: str) -> JSONResponse:

@@ -57,9 +57,7 @@ class SymbolMerge:
         # The latest released tick of each (symbol, kind): snapshots agree with what follows
         # them. At the start the upstreams' latest ticks are the merge's.
         self._latest = {
-            (tick.symbol, tick.kind): tick
-            for u in upstreams
-            for tick in u.snapshot(("trade", "quote"))
+            (tick.symbol, tick.kind): tick for u in upstreams for tick in u.snapshot(u.latest)
         }
         self._at_start = dict(self._latest)  # the latest ticks up to the start, once settled
         self.closed_reason: str | None = None
@@ -68,8 +66,18 @@ class SymbolMerge:
 
     def snapshot(self, kinds: Iterable[str]) -> list[EncodedTick]:
         """The latest released tick of each kind of each symbol, in offset order: a client
-        joining now gets, after it, exactly the ticks released later."""
-        return _by_offset(self._latest, kinds)
+        joining now gets, after it, exactly the ticks released later. A book depth first asked
+        for after the merge's start is its upstream's current book when released already."""
+        latest = self._latest
+        for upstream in self.upstreams:
+            for kind in kinds:
+                tick = upstream.latest.get(kind)
+                if tick is None or tick.offset > self.watermark:
+                    continue
+                known = latest.get((upstream.symbol, kind))
+                if known is None or known.offset < tick.offset:
+                    latest[(upstream.symbol, kind)] = tick
+        return _by_offset(latest, kinds)
 
     def snapshot_at_start(self, kinds: Iterable[str]) -> list[EncodedTick]:
         """As :meth:`snapshot`, at the merge's start: for a client that joined before it was

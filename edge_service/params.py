@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from tickstream_common.symbols import SYMBOL_RULE, is_valid_symbol
 
+from .books import DEFAULT_DEPTH, MAX_DEPTH
 from .problems import Problem
 
-KINDS = ("trade", "quote")
+KINDS = ("trade", "quote", "book")
+DEFAULT_KINDS = frozenset(("trade", "quote"))
+STREAM_PARAMETERS = frozenset(("symbols", "types", "snapshot", "depth", "last_event_id", "token"))
+"""The query parameters the SSE routes know (``symbols`` only on ``/sse``)."""
+
+
+def check_known(names: Iterable[str], known: Iterable[str]) -> None:
+    """Raises Problem 400 naming the first of ``names`` not in ``known``, so a misspelt option
+    never looks like a working one."""
+    allowed = set(known)
+    for name in names:
+        if name not in allowed:
+            shown = name if len(name) <= 40 and name.isprintable() else name[:40] + "..."
+            raise Problem(
+                400,
+                "unknown-parameter",
+                "Unknown query parameter",
+                f"unknown query parameter {shown!r}; this route takes "
+                f"{', '.join(sorted(allowed)) or 'none'}",
+                parameter=shown,
+            )
+
+
+def parse_depth(raw: str | None) -> int:
+    """``depth=N``: book levels a side, 1 to MAX_DEPTH (absent: DEFAULT_DEPTH). Raises Problem
+    400 for anything else."""
+    if raw is None:
+        return DEFAULT_DEPTH
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_DEPTH):
+        raise Problem(
+            400,
+            "invalid-depth",
+            "Invalid depth",
+            f"depth is a whole number of book levels a side, 1 to {MAX_DEPTH}",
+        )
+    return int(raw)
 
 
 def parse_symbols(raw: list[str], limit: int) -> list[str]:
@@ -39,16 +77,16 @@ def parse_symbols(raw: list[str], limit: int) -> list[str]:
 
 
 def parse_types(raw: list[str] | None) -> frozenset[str]:
-    """``types=trade,quote`` values, repeated parameters adding up (absent: both). Raises
-    Problem 400 for an empty or unknown type."""
+    """``types=trade,quote,book`` values, repeated parameters adding up (absent: trade and
+    quote). Raises Problem 400 for an empty or unknown type."""
     if raw is None:
-        return frozenset(KINDS)
+        return DEFAULT_KINDS
     kinds = {part for value in raw for part in value.split(",")}
     if not kinds or kinds - set(KINDS):
         raise Problem(
             400,
             "invalid-types",
             "Invalid types",
-            "types is a comma-separated subset of trade,quote",
+            "types is a comma-separated subset of trade,quote,book",
         )
     return frozenset(kinds)

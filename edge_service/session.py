@@ -24,8 +24,9 @@ from collections.abc import Iterable
 import grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
+from .books import BookViews, depths_of
 from .cursor import EARLIEST, Cursor, format_event_id
-from .encoding import QUOTE, EncodedTick, encode_control, encode_tick, snapshot_frame
+from .encoding import QUOTE, TRADE, EncodedTick, encode_control, encode_tick, snapshot_frame
 from .metrics import EdgeMetrics
 from .outbox import Outbox
 from .reader import Opened, Progress, Reset, SubscribeReader, Ticks
@@ -36,10 +37,30 @@ log = logging.getLogger(__name__)
 KIND_TO_TYPE = {"trade": tick_pb2.TICK_TYPE_TRADE, "quote": tick_pb2.TICK_TYPE_QUOTE}
 
 
+def tick_types(kinds: Iterable[str]) -> list[int]:
+    """The feed's tick types for ``kinds`` (``book:<depth>`` is TICK_TYPE_BOOK), sorted."""
+    return sorted({KIND_TO_TYPE.get(kind, tick_pb2.TICK_TYPE_BOOK) for kind in kinds})
+
+
+def catchup_request(
+    symbols: list[str], kinds: Iterable[str], start: Cursor | str, snapshot: bool
+) -> feed_pb2.SubscribeRequest:
+    """A resuming client's private Subscribe: its symbols and types, after ``start``."""
+    request = feed_pb2.SubscribeRequest(
+        symbols=symbols, types=tick_types(kinds), snapshot=snapshot, progress_updates=True
+    )
+    if start == EARLIEST:
+        request.earliest = True
+    else:
+        assert isinstance(start, Cursor)
+        request.after.epoch, request.after.offset = start.epoch, start.offset
+    return request
+
+
 class ClientSession:
     """The state of one SSE stream; its source calls the ``on_*`` methods, the outbox holds
-    what is to be written. ``symbols`` are validated, ``kinds`` a subset of {"trade", "quote"}.
-    """
+    what is to be written. ``symbols`` are validated, ``kinds`` a subset of {"trade", "quote",
+    "book:<depth>"}."""
 
     __slots__ = (
         "_buffer",
@@ -135,10 +156,11 @@ class ClientSession:
     # ----- output ------------------------------------------------------------------------
 
     def _push_tick(self, tick: EncodedTick) -> None:
-        if tick.kind == QUOTE:
-            self.outbox.push_quote(tick.symbol, tick.frame, tick.ingest_ns)
-        else:
+        if tick.kind == TRADE:
             self.outbox.push(tick.frame, 1, tick.ingest_ns)
+        else:  # quotes and books conflate, each (symbol, kind) apart
+            key = tick.symbol if tick.kind == QUOTE else f"{tick.symbol} {tick.kind}"
+            self.outbox.push_quote(key, tick.frame, tick.ingest_ns)
 
     def end(self, reason: str, message: str) -> None:
         """Finish the stream with a ``disconnect`` event after what is queued."""
@@ -205,26 +227,13 @@ class ClientSession:
 
     # ----- catch-up ----------------------------------------------------------------------
 
-    def _catchup_request(self, start: Cursor | str, snapshot: bool) -> feed_pb2.SubscribeRequest:
-        request = feed_pb2.SubscribeRequest(
-            symbols=self.symbols,
-            types=[KIND_TO_TYPE[k] for k in sorted(self.kinds)],
-            snapshot=snapshot,
-            progress_updates=True,
-        )
-        if start == EARLIEST:
-            request.earliest = True
-        else:
-            assert isinstance(start, Cursor)
-            request.after.epoch, request.after.offset = start.epoch, start.offset
-            self.epoch, self.cursor = start.epoch, start.offset
-        return request
-
     async def _catch_up(
         self, stub: feed_pb2_grpc.FeedServiceStub, start: Cursor | str, snapshot: bool
     ) -> None:
-        call = stub.Subscribe(self._catchup_request(start, snapshot))
-        reader = SubscribeReader()
+        if isinstance(start, Cursor):
+            self.epoch, self.cursor = start.epoch, start.offset
+        call = stub.Subscribe(catchup_request(self.symbols, self.kinds, start, snapshot))
+        reader, books = SubscribeReader(), BookViews()
         after_reset = False
         try:
             async for response in call:
@@ -241,7 +250,7 @@ class ClientSession:
                     after_reset = True
                     continue
                 elif isinstance(event, Ticks):
-                    self._take_history(event.batch, after_reset)
+                    self._take_history(event.batch, after_reset, books)
                 else:
                     continue  # symbol states reach the client through the shared source
                 after_reset = False
@@ -253,12 +262,19 @@ class ClientSession:
         finally:
             call.cancel()
 
-    def _take_history(self, batch: feed_pb2.TickBatch, after_reset: bool) -> None:
-        assert self.epoch is not None
+    def _take_history(self, batch: feed_pb2.TickBatch, after_reset: bool, books: BookViews) -> None:
+        """History ticks after the cursor, queued (history, not live: kept out of the delivery
+        latency samples); book ticks are applied to ``books`` first, whatever their offset."""
+        epoch = self.epoch
+        assert epoch is not None
         for tick in batch.ticks:
-            if tick.offset > self.cursor or after_reset:
-                # history, not live: kept out of the delivery-latency samples
-                self.outbox.push(encode_tick(tick, self.epoch).frame)
+            new = tick.offset > self.cursor or after_reset
+            if tick.HasField("book"):
+                events = books.take(tick, depths_of(self.kinds), epoch)
+                for event in events if new else ():
+                    self.outbox.push(event.frame)
+            elif new:
+                self.outbox.push(encode_tick(tick, epoch).frame)
         self.cursor = max(self.cursor, batch.head_offset)
 
     def _try_switch(self) -> bool:

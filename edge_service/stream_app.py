@@ -111,7 +111,8 @@ def query_options(request: Request, errors: list[tuple[str, str]]) -> StreamOpti
         else:
             flag = value
     last_event_id = request.headers.get("last-event-id") or query.get("last_event_id")
-    return StreamOptions(query.getlist("types") or None, flag, last_event_id)
+    types = query.getlist("types") or None
+    return StreamOptions(types, flag, last_event_id, query.get("depth"))
 
 
 def invalid(errors: list[tuple[str, str]]) -> Problem:

@@ -15,9 +15,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from . import fanout
 from .auth import Grant, authorize, cookie_header, token_of
 from .cursor import Cursor, MalformedCursor, parse_cursor
-from .encoding import encode_preamble
+from .encoding import BOOK, book_kind, encode_preamble
 from .merge import SymbolMerge
-from .params import parse_symbols, parse_types
+from .params import STREAM_PARAMETERS, check_known, parse_depth, parse_symbols, parse_types
 from .problems import PROBLEM_MEDIA_TYPE, Problem
 from .response import SseResponse
 from .session import ClientSession
@@ -25,18 +25,20 @@ from .state import RETRY_AFTER_S, EdgeState, edge_state
 from .upstream import SymbolUpstream, UpstreamUnavailable
 
 SSE_DESCRIPTION = (
-    "Server-Sent Events (WHATWG HTML, 'Server-sent events'). Each tick is `event: trade` or "
-    "`event: quote` with `id: <epoch>-<offset>` and `data:` one line of JSON (the proto3 JSON "
-    "mapping of tickstream.v1.Tick). Also `event: reset` (resume point not honoured; data gives "
-    "reason and epoch), `event: status` (a symbol turned stale or live again; no id) and "
-    "`event: disconnect` (the edge ends the stream; data gives the reason). "
+    "Server-Sent Events (WHATWG HTML, 'Server-sent events'). Each tick is `event: trade`, "
+    "`event: quote` or `event: book` with `id: <epoch>-<offset>` and `data:` one line of JSON "
+    "(the proto3 JSON mapping of tickstream.v1.Tick; a book event's body is the top `depth` "
+    "levels a side after the update, as a snapshot). Also `event: reset` (resume point not "
+    "honoured; data gives reason and epoch), `event: status` (a symbol turned stale or live "
+    "again; no id) and `event: disconnect` (the edge ends the stream; data gives the reason). "
     "Comment heartbeats every 15 s at most; a `retry:` hint first. The `data` of each event "
-    "type has a JSON Schema at `/schemas/{trade,quote,reset,status,disconnect}.json`."
+    "type has a JSON Schema at `/schemas/{trade,quote,book,reset,status,disconnect}.json`. "
+    "An unknown query parameter is a 400 problem naming it."
 )
 STREAM_PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": {PROBLEM_MEDIA_TYPE: {}}}
     for status, text in (
-        (400, "Malformed symbols or types, or too many symbols."),
+        (400, "Malformed symbols, types or depth, too many symbols, or an unknown parameter."),
         (401, "With --auth jwt: no bearer token, or one that is invalid or expired."),
         (403, "With --auth jwt: the token's symbols claim does not allow a symbol."),
         (404, "Unknown symbol."),
@@ -69,16 +71,22 @@ class StreamOptions:
     types: list[str] | None
     snapshot: bool
     last_event_id: str | None
+    depth: str | None = None
 
 
 async def stream_options(
     types: Annotated[
         list[str] | None,
-        Query(description="Comma-separated tick types: trade, quote (default both)."),
+        Query(description="Comma-separated tick types: trade, quote, book (default trade,quote)."),
     ] = None,
     snapshot: Annotated[
-        bool, Query(description="Start with the latest trade and quote of each symbol.")
+        bool,
+        Query(description="Start with the latest trade, quote and book of each symbol."),
     ] = False,
+    depth: Annotated[
+        int,
+        Query(ge=1, le=100, description="Book levels a side in `book` events (default 10)."),
+    ] = 10,
     last_event_id: Annotated[
         str | None,
         Query(
@@ -91,7 +99,7 @@ async def stream_options(
         Header(alias="Last-Event-ID", description="Sent by EventSource on reconnect."),
     ] = None,
 ) -> StreamOptions:
-    return StreamOptions(types, snapshot, last_event_id_header or last_event_id)
+    return StreamOptions(types, snapshot, last_event_id_header or last_event_id, str(depth))
 
 
 Options = Annotated[StreamOptions, Depends(stream_options)]
@@ -130,8 +138,11 @@ async def open_stream(
 ) -> SseResponse:
     """Admit the stream, or raise the Problem that says why not (400, 401/403, 404, 429, 503)."""
     settings = edge.settings
+    check_known(request.query_params.keys(), STREAM_PARAMETERS)
     symbols = parse_symbols(raw_symbols, settings.max_symbols)
     kinds = parse_types(options.types)
+    if BOOK in kinds:  # a book event per depth: clients of one depth share its bytes
+        kinds = kinds - {BOOK} | {book_kind(parse_depth(options.depth))}
     address = request.client.host if request.client else "unknown"
     edge.registry.limits.check_rate(address)
     grant = authorize(edge.verifier, request, symbols) if edge.verifier is not None else None

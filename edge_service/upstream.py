@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import grpc
-from tickstream.v1 import feed_pb2, feed_pb2_grpc
+from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
-from .encoding import EncodedTick, encode_status, encode_tick
+from .books import BookViews
+from .encoding import BOOK, EncodedTick, book_kind, encode_status, encode_tick
 from .metrics import EdgeMetrics
 from .reader import Opened, Progress, Reset, SubscribeReader, Ticks
 
@@ -111,12 +112,15 @@ def backoff_delay(attempt: int) -> float:
 
 
 _CONNECTED = object()  # inbox marker: the next message opens a new call
+UPSTREAM_TYPES = (tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE, tick_pb2.TICK_TYPE_BOOK)
 
 
 def subscribe_request(symbol: str, position: tuple[str | None, int]) -> feed_pb2.SubscribeRequest:
     """An upstream's Subscribe: the live edge with a snapshot at first, then, once it has a
     ``position`` (epoch, watermark), after it (a resume; the feed answers a reset if it can't)."""
-    request = feed_pb2.SubscribeRequest(symbols=[symbol], snapshot=True, progress_updates=True)
+    request = feed_pb2.SubscribeRequest(
+        symbols=[symbol], types=UPSTREAM_TYPES, snapshot=True, progress_updates=True
+    )
     epoch, watermark = position
     if epoch is not None:
         request.after.epoch = epoch
@@ -150,6 +154,8 @@ class SymbolUpstream:
         self.epoch: str | None = None
         self.watermark = 0
         self.latest: dict[str, EncodedTick] = {}
+        self.books = BookViews()
+        self.depths: dict[int, int] = {}  # book depth -> fan-outs of this upstream using it
         self.listeners: set[TickListener] = set()
         self.fan_outs: dict[frozenset[str], TickListener] = {}  # see fanout.join
         # The symbol's ``status`` event while it is stale (None while live).
@@ -206,6 +212,25 @@ class SymbolUpstream:
     def stale_frames(self) -> list[bytes]:
         """The symbol's ``status`` event while it is stale; empty while live."""
         return [] if self.stale_frame is None else [self.stale_frame]
+
+    def want_depth(self, depth: int) -> None:
+        """A fan-out wants book events of ``depth`` levels a side: encoded from now on, and the
+        current book's at once (for snapshots)."""
+        count = self.depths.get(depth, 0)
+        self.depths[depth] = count + 1
+        if not count and self.epoch is not None:
+            current = self.books.current(self.symbol, depth, self.epoch)
+            if current is not None:
+                self.latest[current.kind] = current
+
+    def drop_depth(self, depth: int) -> None:
+        """A fan-out of ``depth`` is gone; the last one stops its encoding."""
+        count = self.depths.get(depth, 0) - 1
+        if count > 0:
+            self.depths[depth] = count
+        else:
+            self.depths.pop(depth, None)
+            self.latest.pop(book_kind(depth), None)
 
     # ----- reader thread -------------------------------------------------------------------
 
@@ -313,6 +338,7 @@ class SymbolUpstream:
         self.epoch, self.watermark = reset.epoch, reset.head
         self._position = (self.epoch, self.watermark)
         self.latest.clear()
+        self.books.clear()
         for listener in list(self.listeners):
             listener.on_reset(self, reset.reason, reset.message, [self.symbol])
 
@@ -342,6 +368,12 @@ class SymbolUpstream:
         # fields are read, not the message's again (a protobuf field read costs 0.1-0.2 us).
         for tick in batch.ticks:
             encoded = encode_tick(tick, epoch)
+            if encoded.kind == BOOK:  # one event per depth in use, after the update
+                for event in self.books.take(tick, self.depths, epoch):
+                    latest[event.kind] = event
+                    if encoded.offset > watermark:
+                        live.append(event)
+                continue
             latest[encoded.kind] = encoded
             if encoded.offset > watermark:
                 live.append(encoded)

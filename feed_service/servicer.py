@@ -33,6 +33,10 @@ _STATUS = {
 }
 
 
+def _by_offset(tick: StoredTick) -> int:
+    return tick.offset
+
+
 def _shown(text: str) -> str:
     """A bounded, quoted rendering of client input for error messages."""
     return repr(text[:40] + ("..." if len(text) > 40 else ""))
@@ -200,11 +204,15 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         if reset is not None:
             opening.append(reset)
         from_head = cursor == hub.head_offset
+        bases = self._book_bases(plan, cursor)
         if plan.snapshot and from_head and (plan.start == "live" or reset is not None):
             # Sent even when empty, so the client knows the snapshot is complete. Not when the
             # stream goes on from older ticks (after an epoch change): they come after it.
-            opening.append(tick_batch_response(hub.snapshot(plan.symbols, plan.types), cursor))
-        opening.extend(self._book_bases(plan, cursor))
+            # The books are in the same batch: a snapshot is one message.
+            latest = sorted(hub.snapshot(plan.symbols, plan.types) + bases, key=_by_offset)
+            opening.append(tick_batch_response(latest, cursor))
+        elif bases:
+            opening.append(tick_batch_response(bases, cursor))
         opening.extend(
             feed_pb2.SubscribeResponse(status=liveness.status(symbol))
             for symbol in sorted(plan.symbols)
@@ -212,14 +220,14 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         )
         return cursor, opening
 
-    def _book_bases(self, plan: SubscriptionPlan, cursor: int) -> list[bytes]:
+    def _book_bases(self, plan: SubscriptionPlan, cursor: int) -> list[StoredTick]:
         """For a subscriber to books: each symbol's whole book as of ``cursor``, one snapshot
         tick a symbol (offset: its last update's, at or before ``cursor``), so the updates
-        after ``cursor`` have a book to apply to. Sent whatever ``snapshot`` says."""
+        after ``cursor`` have a book to apply to. Sent whatever ``snapshot`` says, as one
+        batch (with the snapshot's ticks when there is one)."""
         if BOOK not in plan.types:
             return []
-        bases = self._hub.book_bases(sorted(plan.symbols), cursor)
-        return [tick_batch_response(bases, cursor)] if bases else []
+        return self._hub.book_bases(sorted(plan.symbols), cursor)
 
     async def _catch_up(self, plan: SubscriptionPlan) -> None:
         """On a shared backbone, a resume position from another replica may be ahead of what
@@ -263,8 +271,8 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                     "the subscriber fell behind the retained history",
                     cursor,
                 )
-                for bases in self._book_bases(plan, cursor):
-                    yield bases
+                if bases := self._book_bases(plan, cursor):
+                    yield tick_batch_response(bases, cursor)
                 last_sent = clock()
             if liveness.version != status_seen:
                 # State changes come before the ticks stored after them: "live" precedes the
