@@ -53,6 +53,11 @@ class FeedMetrics(ServiceMetrics):
             "publish_duplicates",
             "Published ticks not stored because their dedup_id was already stored.",
         )
+        self.book_gaps = self.counter(
+            "book_gaps",
+            "Breaks of a book's update-id chain in a source's depth data: the book is not "
+            "published from the break until the next depth snapshot (each one also logged).",
+        )
         self.backbone_retries = self.counter(
             "backbone_retries",
             "Batches the JetStream backbone sent again, by cause: conflict (another replica "

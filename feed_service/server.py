@@ -212,6 +212,7 @@ class FeedServer:
             log.exception("feed source failed to load; the feed stays NOT_SERVING")
             return
         await self.hub.declare(infos)
+        self.metrics.book_gaps.inc(len(getattr(source, "book_breaks", ())))
         handle = self.liveness.source(source.name)
         await self._ready(f"source {source.name}, {len(infos)} symbols")
         metrics = self.metrics

@@ -9,7 +9,7 @@ from tickstream.v1 import tick_pb2
 
 from edge_service.cursor import EARLIEST, Cursor, MalformedCursor, parse_cursor
 from edge_service.encoding import encode_control, encode_tick
-from edge_service.params import parse_symbols, parse_types
+from edge_service.params import check_known, parse_depth, parse_symbols, parse_types
 from edge_service.problems import Problem
 
 
@@ -50,11 +50,29 @@ def test_symbols_are_split_deduplicated_and_checked() -> None:
 
 def test_types() -> None:
     assert parse_types(None) == {"trade", "quote"}
+    assert parse_types(["book,trade"]) == {"trade", "book"}
     assert parse_types(["trade"]) == {"trade"}
     assert parse_types(["trade", "quote"]) == {"trade", "quote"}
     for bad in ["", "trades", "trade,", "TRADE"]:
         with pytest.raises(Problem):
             parse_types([bad])
+
+
+def test_depth_is_1_to_100_levels() -> None:
+    assert parse_depth(None) == 10
+    assert parse_depth("1") == 1 and parse_depth("100") == 100
+    for bad in ["0", "101", "", "-1", "1.5", "ten", "\u0661"]:
+        with pytest.raises(Problem) as caught:
+            parse_depth(bad)
+        assert caught.value.status == 400 and "depth" in caught.value.detail
+
+
+def test_unknown_parameters_are_named() -> None:
+    check_known(["types", "depth"], {"types", "depth", "snapshot"})
+    with pytest.raises(Problem) as caught:
+        check_known(["types", "dpeth"], {"types", "depth"})
+    assert caught.value.status == 400
+    assert "'dpeth'" in caught.value.detail and "depth, types" in caught.value.detail
 
 
 def test_tick_event_is_one_json_line_with_id_and_name() -> None:

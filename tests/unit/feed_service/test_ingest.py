@@ -23,6 +23,14 @@ def quote(bid: str = "1.0", ask: str = "1.1") -> ingest_pb2.TickDraft:
     return make_draft("NEW", 1_000, body)
 
 
+def book(
+    bids: list[tuple[str, str]], snapshot: bool = False, first: int = 0, last: int = 0
+) -> ingest_pb2.TickDraft:
+    update = tick_pb2.BookUpdate(snapshot=snapshot, first_update_id=first, last_update_id=last)
+    update.bids.extend(tick_pb2.BookLevel(price=p, size=s) for p, s in bids)
+    return make_draft("NEW", 1_000, update)
+
+
 def ingestor(dedup: int = 100, max_symbols: int = 10) -> tuple[Ingestor, TickHub]:
     hub = TickHub(history_size=1_000)
     return Ingestor(hub, dedup, max_symbols), hub
@@ -44,6 +52,11 @@ BAD = [
     (quote(ask="NaN"), "quote.ask_price", "not a decimal string"),
     (ingest_pb2.TickDraft(symbol="NEW"), "body", "is missing"),
     (trade(dedup="d" * 129), "dedup_id", "over 128"),
+    (book([("1.5", "2"), ("1e3", "1")]), "book.bids[1].price", "not a decimal string"),
+    (book([("1.5", "")]), "book.bids[0].size", "is empty"),
+    (book([("1.5", "0.000")], snapshot=True), "book.bids[0].size", "is 0 in a snapshot"),
+    (book([("1", "1")] * 5_001), "book.bids", "at most 5000"),
+    (book([], first=9, last=8), "book.first_update_id", "is above book.last_update_id 8"),
 ]
 
 
@@ -57,6 +70,11 @@ def test_a_malformed_draft_is_named_by_index_and_field(
     assert caught.value.field == field
     assert str(caught.value).startswith(f"ticks[7].{field}: ")
     assert problem in str(caught.value)
+
+
+def test_book_updates_pass_and_a_diff_may_remove_levels() -> None:
+    check_draft(0, book([("1.5", "0"), ("1.25", "3.0")], first=5, last=9))
+    check_draft(0, book([("1.5", "2")], snapshot=True, first=9, last=9))
 
 
 def test_locked_quote_and_exact_decimals_pass() -> None:
