@@ -63,6 +63,11 @@ def test_perpetual_symbols_are_namespaced_and_garbage_skipped(tmp_path: Path) ->
         ],
     )
     ticks, infos = load_recording([path])
+    books = [t for t in ticks if isinstance(t.body, tick_pb2.BookUpdate)]
+    assert [(b.receive_ns, b.body.snapshot, b.body.last_update_id) for b in books] == [
+        (102, True, 1)
+    ], "the REST snapshot is the file's symbol's book"
+    ticks = [t for t in ticks if t not in books]
     assert [t.symbol for t in ticks] == ["BTCUSDT-PERP", "BTCUSDT-PERP"]
     assert infos[0].source == "replay:binance-usdm"
     assert ticks[1].event_time_ns == 5_000_000, "bookTicker T is the event time"

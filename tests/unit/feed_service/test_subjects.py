@@ -29,7 +29,7 @@ def test_every_symbol_survives_the_round_trip(symbol: str, kind: int) -> None:
     assert subjects.parse(subject) == (symbol, kind)
 
 
-@pytest.mark.parametrize("subject", ["other.X.trade", "ticks.X.book", "ticks..trade", "ticks.X"])
+@pytest.mark.parametrize("subject", ["other.X.trade", "ticks.X.candle", "ticks..trade", "ticks.X"])
 def test_a_subject_of_no_tick_is_refused(subject: str) -> None:
     with pytest.raises(ValueError):
         TickSubjects("TICKS").parse(subject)
