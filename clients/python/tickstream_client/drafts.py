@@ -112,6 +112,19 @@ def draft_from(tick: ingest_pb2.TickDraft | Mapping[str, Any]) -> ingest_pb2.Tic
     return draft
 
 
+def _check_book(book: tick_pb2.BookUpdate) -> None:
+    """A book update's levels: decimal strings, no zero size in a snapshot."""
+    for side in ("bids", "asks"):
+        for number, level in enumerate(getattr(book, side)):
+            for name in ("price", "size"):
+                value = getattr(level, name)
+                if not DECIMAL_PATTERN.fullmatch(value):
+                    where = f"book.{side}[{number}].{name}"
+                    raise ValueError(f"{where}: {value[:40]!r} is not a decimal string")
+            if book.snapshot and not level.size.strip("0."):
+                raise ValueError(f"book.{side}[{number}].size: 0 in a snapshot")
+
+
 def check_draft(draft: ingest_pb2.TickDraft) -> None:
     """Raise ValueError naming the first field the feed would reject: the symbol (upper case,
     1-32 of ``A-Z 0-9 . _ -``), a missing body, decimals (``^[0-9]+(\\.[0-9]+)?$``), a bid
@@ -120,9 +133,12 @@ def check_draft(draft: ingest_pb2.TickDraft) -> None:
         raise ValueError(f"symbol: {draft.symbol[:40]!r} does not match {SYMBOL_PATTERN.pattern}")
     body_name = draft.WhichOneof("body")
     if body_name is None:
-        raise ValueError("body: set trade or quote")
-    body = getattr(draft, body_name)
-    names = TRADE_DECIMALS if body_name == "trade" else QUOTE_DECIMALS
+        raise ValueError("body: set trade, quote or book")
+    if body_name == "book":
+        _check_book(draft.book)
+        body_name = ""  # no trade or quote fields to check
+    body = getattr(draft, body_name) if body_name else None
+    names = TRADE_DECIMALS if body_name == "trade" else QUOTE_DECIMALS if body_name else ()
     for name in names:
         value = getattr(body, name)
         if not DECIMAL_PATTERN.fullmatch(value):

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from google.protobuf import json_format
 from tickstream.v1 import ingest_pb2, tick_pb2
 from tickstream_client import check_draft, draft_from, quote, trade
 
@@ -99,3 +100,23 @@ def test_local_check_agrees_with_the_feed(draft: ingest_pb2.TickDraft) -> None:
     except ValueError:
         client_ok = False
     assert client_ok == feed_ok
+
+
+def test_book_drafts_are_checked_as_the_feed_checks_them() -> None:
+    snapshot = draft_from(
+        {
+            "symbol": "ACME",
+            "book": {"bids": [{"price": "10.5", "size": "3"}], "snapshot": True},
+        }
+    )
+    feed_check(0, snapshot)
+    for bad, where in (
+        ({"bids": [{"price": "10.5", "size": "0"}], "snapshot": True}, "book.bids[0].size"),
+        ({"asks": [{"price": "1e3", "size": "1"}]}, "book.asks[0].price"),
+    ):
+        with pytest.raises(ValueError, match=where.replace("[", r"\[").replace("]", r"\]")):
+            draft_from({"symbol": "ACME", "book": bad})
+        draft = ingest_pb2.TickDraft(symbol="ACME")
+        json_format.ParseDict(bad, draft.book)
+        with pytest.raises(InvalidDraft):
+            feed_check(0, draft)
