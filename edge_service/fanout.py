@@ -65,6 +65,7 @@ class FanOut:
                 and not outbox.queued_bytes
                 and not outbox.ended
                 and session.live
+                and session.gate is None
                 and not session.snapshot_due
                 and session.epoch == last.epoch
                 and (first is None or session.cursor < first)

@@ -8,10 +8,13 @@ from tickstream_common.symbols import SYMBOL_RULE, is_valid_symbol
 
 from .books import DEFAULT_DEPTH, MAX_DEPTH
 from .problems import Problem
+from .rate import MAX_RATE
 
 KINDS = ("trade", "quote", "book")
 DEFAULT_KINDS = frozenset(("trade", "quote"))
-STREAM_PARAMETERS = frozenset(("symbols", "types", "snapshot", "depth", "last_event_id", "token"))
+STREAM_PARAMETERS = frozenset(
+    ("symbols", "types", "snapshot", "depth", "max_rate", "last_event_id", "token")
+)
 """The query parameters the SSE routes know (``symbols`` only on ``/sse``)."""
 
 
@@ -30,6 +33,25 @@ def check_known(names: Iterable[str], known: Iterable[str]) -> None:
                 f"{', '.join(sorted(allowed)) or 'none'}",
                 parameter=shown,
             )
+
+
+def parse_rate(raw: str | None) -> float | None:
+    """``max_rate=R``: updates per second per symbol and type, above 0 and at most MAX_RATE
+    (absent: None, no cap). Raises Problem 400 for anything else."""
+    if raw is None:
+        return None
+    try:
+        rate = float(raw)
+    except ValueError:
+        rate = 0.0
+    if not 0 < rate <= MAX_RATE:  # NaN fails too
+        raise Problem(
+            400,
+            "invalid-max-rate",
+            "Invalid max_rate",
+            f"max_rate is updates per second per symbol and type, above 0 and at most {MAX_RATE:g}",
+        )
+    return rate
 
 
 def parse_depth(raw: str | None) -> int:

@@ -29,6 +29,7 @@ from .cursor import EARLIEST, Cursor, format_event_id
 from .encoding import QUOTE, TRADE, EncodedTick, encode_control, encode_tick, snapshot_frame
 from .metrics import EdgeMetrics
 from .outbox import Outbox
+from .rate import RateGate
 from .reader import Opened, Progress, Reset, SubscribeReader, Ticks
 from .upstream import TickDispatch, TickSource
 
@@ -57,6 +58,25 @@ def catchup_request(
     return request
 
 
+def queue_history(
+    batch: feed_pb2.TickBatch, session: ClientSession, after_reset: bool, books: BookViews
+) -> None:
+    """A catch-up's history ticks after ``session``'s cursor, queued (history, not live: kept
+    out of the delivery latency samples); book ticks are applied to ``books`` first, whatever
+    their offset. Moves the cursor to the batch's head."""
+    epoch, cursor, outbox = session.epoch, session.cursor, session.outbox
+    assert epoch is not None
+    for tick in batch.ticks:
+        new = tick.offset > cursor or after_reset
+        if tick.HasField("book"):
+            events = books.take(tick, depths_of(session.kinds), epoch)
+            for event in events if new else ():
+                outbox.push(event.frame)
+        elif new:
+            outbox.push(encode_tick(tick, epoch).frame)
+    session.cursor = max(cursor, batch.head_offset)
+
+
 class ClientSession:
     """The state of one SSE stream; its source calls the ``on_*`` methods, the outbox holds
     what is to be written. ``symbols`` are validated, ``kinds`` a subset of {"trade", "quote",
@@ -72,6 +92,7 @@ class ClientSession:
         "_seen",
         "cursor",
         "epoch",
+        "gate",
         "kinds",
         "live",
         "outbox",
@@ -97,6 +118,7 @@ class ClientSession:
         self.cursor = 0  # every tick of ours up to this offset (in self.epoch) was queued
         self.live = True  # False while a resume is catching up
         self.snapshot_due = False  # a snapshot to send before the source's first dispatch
+        self.gate: RateGate | None = None  # with max_rate: holds live ticks between releases
         # While catching up: live ticks held from the source, and its watermark when holding began.
         self._buffer: deque[EncodedTick] | None = None
         self._buffer_start = 0
@@ -156,6 +178,17 @@ class ClientSession:
     # ----- output ------------------------------------------------------------------------
 
     def _push_tick(self, tick: EncodedTick) -> None:
+        if self.gate is not None:
+            self.gate.push(tick)
+        else:
+            self.push_now(tick)
+
+    def release(self, ticks: list[EncodedTick]) -> None:
+        """Queue ``ticks`` (a rate gate's release, in offset order)."""
+        for tick in ticks:
+            self.push_now(tick)
+
+    def push_now(self, tick: EncodedTick) -> None:
         if tick.kind == TRADE:
             self.outbox.push(tick.frame, 1, tick.ingest_ns)
         else:  # quotes and books conflate, each (symbol, kind) apart
@@ -193,8 +226,8 @@ class ClientSession:
         if self.snapshot_due:
             self._send_snapshot(source)
         ticks = dispatch.ticks
-        if (ticks and ticks[0].offset <= self.cursor) or self.outbox.behind:
-            # just after a resume splice, or behind: tick by tick
+        if (ticks and ticks[0].offset <= self.cursor) or self.outbox.behind or self.gate:
+            # just after a resume splice, behind, or rate-capped: tick by tick
             cursor = self.cursor
             for tick in ticks:
                 if tick.offset > cursor and tick.kind in kinds:
@@ -250,7 +283,7 @@ class ClientSession:
                     after_reset = True
                     continue
                 elif isinstance(event, Ticks):
-                    self._take_history(event.batch, after_reset, books)
+                    queue_history(event.batch, self, after_reset, books)
                 else:
                     continue  # symbol states reach the client through the shared source
                 after_reset = False
@@ -261,21 +294,6 @@ class ClientSession:
             self.end("feed_unavailable", "the feed went away during catch-up; reconnect")
         finally:
             call.cancel()
-
-    def _take_history(self, batch: feed_pb2.TickBatch, after_reset: bool, books: BookViews) -> None:
-        """History ticks after the cursor, queued (history, not live: kept out of the delivery
-        latency samples); book ticks are applied to ``books`` first, whatever their offset."""
-        epoch = self.epoch
-        assert epoch is not None
-        for tick in batch.ticks:
-            new = tick.offset > self.cursor or after_reset
-            if tick.HasField("book"):
-                events = books.take(tick, depths_of(self.kinds), epoch)
-                for event in events if new else ():
-                    self.outbox.push(event.frame)
-            elif new:
-                self.outbox.push(encode_tick(tick, epoch).frame)
-        self.cursor = max(self.cursor, batch.head_offset)
 
     def _try_switch(self) -> bool:
         """Join the shared source once the private stream has reached its buffer."""
@@ -300,5 +318,7 @@ class ClientSession:
             return
         self._closed = True
         self.outbox.ended = True
+        if self.gate is not None:
+            self.gate.close()
         if self._catchup_task is not None:
             self._catchup_task.cancel()

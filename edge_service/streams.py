@@ -17,8 +17,16 @@ from .auth import Grant, authorize, cookie_header, token_of
 from .cursor import Cursor, MalformedCursor, parse_cursor
 from .encoding import BOOK, book_kind, encode_preamble
 from .merge import SymbolMerge
-from .params import STREAM_PARAMETERS, check_known, parse_depth, parse_symbols, parse_types
+from .params import (
+    STREAM_PARAMETERS,
+    check_known,
+    parse_depth,
+    parse_rate,
+    parse_symbols,
+    parse_types,
+)
 from .problems import PROBLEM_MEDIA_TYPE, Problem
+from .rate import RateGate
 from .response import SseResponse
 from .session import ClientSession
 from .state import RETRY_AFTER_S, EdgeState, edge_state
@@ -72,6 +80,7 @@ class StreamOptions:
     snapshot: bool
     last_event_id: str | None
     depth: str | None = None
+    max_rate: str | None = None
 
 
 async def stream_options(
@@ -87,6 +96,15 @@ async def stream_options(
         int,
         Query(ge=1, le=100, description="Book levels a side in `book` events (default 10)."),
     ] = 10,
+    max_rate: Annotated[
+        float | None,
+        Query(
+            gt=0,
+            le=100,
+            description="At most this many updates a second per symbol and type: quotes and "
+            "books conflate to the newest, trades are batched, never dropped.",
+        ),
+    ] = None,
     last_event_id: Annotated[
         str | None,
         Query(
@@ -99,7 +117,8 @@ async def stream_options(
         Header(alias="Last-Event-ID", description="Sent by EventSource on reconnect."),
     ] = None,
 ) -> StreamOptions:
-    return StreamOptions(types, snapshot, last_event_id_header or last_event_id, str(depth))
+    rate = None if max_rate is None else str(max_rate)
+    return StreamOptions(types, snapshot, last_event_id_header or last_event_id, str(depth), rate)
 
 
 Options = Annotated[StreamOptions, Depends(stream_options)]
@@ -141,8 +160,10 @@ async def open_stream(
     check_known(request.query_params.keys(), STREAM_PARAMETERS)
     symbols = parse_symbols(raw_symbols, settings.max_symbols)
     kinds = parse_types(options.types)
+    depth = parse_depth(options.depth)
     if BOOK in kinds:  # a book event per depth: clients of one depth share its bytes
-        kinds = kinds - {BOOK} | {book_kind(parse_depth(options.depth))}
+        kinds = kinds - {BOOK} | {book_kind(depth)}
+    rate = parse_rate(options.max_rate)
     address = request.client.host if request.client else "unknown"
     edge.registry.limits.check_rate(address)
     grant = authorize(edge.verifier, request, symbols) if edge.verifier is not None else None
@@ -177,6 +198,8 @@ async def open_stream(
         catchup_limit=settings.catchup_buffer_events,
         metrics=edge.metrics,
     )
+    if rate is not None:
+        session.gate = RateGate(rate, session.release)
     return _respond(
         request, edge, session, upstreams, (start, reset, options.snapshot), grant, uncount
     )

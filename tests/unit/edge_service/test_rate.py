@@ -1,0 +1,38 @@
+"""The max_rate gate (edge_service.rate): releases at most R a second, newest kept, trades all."""
+
+from __future__ import annotations
+
+import asyncio
+
+from edge_service.encoding import EncodedTick
+from edge_service.rate import RateGate
+
+
+def tick(offset: int, kind: str, symbol: str = "A") -> EncodedTick:
+    return EncodedTick(offset, symbol, kind, f"{offset}".encode(), 0)
+
+
+async def test_releases_are_spaced_and_keep_the_newest_and_every_trade() -> None:
+    loop = asyncio.get_running_loop()
+    releases: list[tuple[float, list[int]]] = []
+    gate = RateGate(10.0, lambda ticks: releases.append((loop.time(), [t.offset for t in ticks])))
+    gate.push(tick(1, "quote"))
+    gate.push(tick(2, "trade"))
+    gate.push(tick(3, "quote"))
+    gate.push(tick(4, "quote", "B"))
+    gate.push(tick(5, "book:10"))
+    gate.push(tick(6, "book:10"))
+    gate.push(tick(7, "trade"))
+    await asyncio.sleep(0.01)
+    assert [offsets for _, offsets in releases] == [[2, 3, 4, 6, 7]]  # offset order
+    gate.push(tick(8, "quote"))
+    gate.push(tick(9, "quote"))
+    await asyncio.sleep(0.05)
+    assert len(releases) == 1, "the next release waits a tenth of a second"
+    await asyncio.sleep(0.1)
+    assert releases[1][1] == [9]
+    assert releases[1][0] - releases[0][0] >= 0.1 - 1e-3
+    gate.push(tick(10, "trade"))
+    gate.close()
+    await asyncio.sleep(0.15)
+    assert len(releases) == 2, "nothing after close"
