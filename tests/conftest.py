@@ -58,7 +58,7 @@ def running_stack(feed_args: list[str], edge_args: tuple[str, ...] = ()) -> Iter
 @pytest.fixture(scope="session")
 def replay_stack() -> Iterator[Stack]:
     """Both bundled real files replayed as fast as possible, once: the history is the whole
-    recording (67,980 ticks), then the feed only heartbeats. Its symbols are not reported
+    recording (74,863 ticks), then the feed only heartbeats. Its symbols are not reported
     stale (a day's stale time): the tests on it are about history, not liveness."""
     yield from running_stack(
         [*replay_args(BTC_FILE, ETH_FILE, speed="0"), "--stale-after", "86400"]

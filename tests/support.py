@@ -24,9 +24,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "binance" / "spot"
 BTC_FILE = DATA / "btcusdt_20240808.gz"
-BTC_TICKS = 37_797
+BTC_TICKS = 41_247  # trades, quotes and book updates
 ETH_FILE = DATA / "ethusdt_20240808.gz"
-RECORDED_TICKS = 67_980  # both files
+RECORDED_TICKS = 74_863  # both files
 STARTUP_TIMEOUT_S = 30.0
 
 

@@ -12,7 +12,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
 from tests.conftest import Stack, nats_args
-from tests.support import BTC_FILE, BTC_TICKS, ServiceProcess, replay_args, start_feed, wait_head
+from tests.support import (
+    BTC_FILE,
+    BTC_TICKS,
+    RECORDED_TICKS,
+    ServiceProcess,
+    replay_args,
+    start_feed,
+    wait_head,
+)
+
+EVERY_TYPE = [tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE, tick_pb2.TICK_TYPE_BOOK]
 
 
 @pytest.fixture
@@ -94,16 +104,20 @@ async def test_snapshot_sends_latest_trade_and_quote_then_heartbeats(
         (s, k) for s in ("BTCUSDT", "ETHUSDT") for k in ("trade", "quote")
     }
     assert [t.offset for t in snapshot] == sorted(t.offset for t in snapshot)
-    assert beat.heartbeat.head_offset == 67_980
+    assert beat.heartbeat.head_offset == RECORDED_TICKS
 
 
 async def test_resume_after_offset_continues_exactly(stub: feed_pb2_grpc.FeedServiceStub) -> None:
     epoch = (await stub.ListSymbols(feed_pb2.ListSymbolsRequest())).epoch
     position = feed_pb2.StreamPosition(epoch=epoch, offset=1_000)
-    responses = await read(
-        stub.Subscribe(feed_pb2.SubscribeRequest(symbols=["BTCUSDT", "ETHUSDT"], after=position)), 3
+    request = feed_pb2.SubscribeRequest(
+        symbols=["BTCUSDT", "ETHUSDT"], types=EVERY_TYPE, after=position
     )
-    ticks = ticks_of(responses)
+    responses = await read(stub.Subscribe(request), 4)
+    bases = responses[1].ticks.ticks  # each symbol's book at offset 1000 first
+    assert {t.symbol for t in bases} == {"BTCUSDT", "ETHUSDT"}
+    assert all(t.book.snapshot and t.offset <= 1_000 for t in bases)
+    ticks = ticks_of(responses[2:])
     assert [t.offset for t in ticks[:100]] == list(range(1_001, 1_101))
 
 
@@ -112,7 +126,7 @@ async def test_resume_after_offset_continues_exactly(stub: feed_pb2_grpc.FeedSer
     [
         # Another epoch: from the oldest tick this epoch's history holds (all of it here).
         ("0123456789abcdef", 5, feed_pb2.RESET_REASON_EPOCH_CHANGED, 0),
-        (None, 10**9, feed_pb2.RESET_REASON_OFFSET_AHEAD, 67_980),
+        (None, 10**9, feed_pb2.RESET_REASON_OFFSET_AHEAD, RECORDED_TICKS),
     ],
     ids=["other-epoch", "ahead"],
 )
@@ -143,6 +157,8 @@ async def test_resume_older_than_history_gets_reset(small_history_feed: ServiceP
         )
         responses = await read(stub.Subscribe(request), 2)
         assert responses[1].reset.reason == feed_pb2.RESET_REASON_OFFSET_TOO_OLD
-        earliest = feed_pb2.SubscribeRequest(symbols=["BTCUSDT"], earliest=True)
-        first = await read(stub.Subscribe(earliest), 2)
-        assert first[1].ticks.ticks[0].offset == 37_797 - 1_000 + 1, "earliest = oldest retained"
+        earliest = feed_pb2.SubscribeRequest(symbols=["BTCUSDT"], types=EVERY_TYPE, earliest=True)
+        first = await read(stub.Subscribe(earliest), 3)
+        assert first[1].ticks.ticks[0].book.snapshot, "the book as of the start first"
+        oldest = first[2].ticks.ticks[0].offset
+        assert oldest == BTC_TICKS - 1_000 + 1, "earliest = oldest retained"
