@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Scope
 
-from . import info, stream_app, streams
+from . import charts, info, stream_app, streams
 from .auth import TokenVerifier
 from .config import EdgeSettings
 from .delivery import Receive, Send
@@ -85,6 +85,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.include_router(streams.router)  # documented in the OpenAPI document, served by EdgeApp
     app.include_router(info.router)
+    app.include_router(charts.router)
     return app
 
 

@@ -32,9 +32,27 @@ BOOK_KIND = "book:"
 """An encoded book event's ``kind`` is ``book:<depth>``: the top ``depth`` levels a side."""
 
 
+BAR = "bar"
+BAR_KIND = "bar:"
+FINAL = ":final"
+"""A bar event's ``kind`` is ``bar:<interval>`` while the bar is open (it conflates: latest
+wins) and ``bar:<interval>:final`` once closed (never dropped, like trades)."""
+
+
 def book_kind(depth: int) -> str:
     """The ``kind`` of book events of ``depth`` levels a side."""
     return f"{BOOK_KIND}{depth}"
+
+
+def bar_kinds(interval: str) -> tuple[str, str]:
+    """The kinds of ``interval``'s bar events: (open, final)."""
+    return f"{BAR_KIND}{interval}", f"{BAR_KIND}{interval}{FINAL}"
+
+
+def conflates(kind: str) -> bool:
+    """Whether a newer event of ``kind`` (and symbol) may replace a queued one: quotes, books
+    and open bars; never trades or final bars."""
+    return kind != TRADE and not kind.endswith(FINAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +223,8 @@ def encode_tick(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
         )
     elif kind == BOOK:  # encoded per depth, once applied to the book (encode_book)
         return _encoded_tick(offset, symbol, BOOK, b"", ingest_s * _NS_PER_S + ingest_nanos)
+    elif kind == BAR:
+        return encode_bar(tick, epoch)
     else:
         return _encode_sparse(tick, epoch)
     try:
@@ -284,6 +304,17 @@ def _encode_sparse(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
     kind = TRADE if body == TRADE else QUOTE
     frame = f"{_id_prefix(epoch)}{offset}\nevent: {kind}\ndata: {{{','.join(fields)}}}\n\n"
     return _encoded_tick(offset, symbol, kind, frame.encode(), ingest_ns)
+
+
+def encode_bar(tick: tick_pb2.Tick, epoch: str) -> EncodedTick:
+    """The ``bar`` event of a bar tick: the tick's proto3 JSON mapping (json_format: a few bars
+    a second per symbol, off the hot path). Its kind is one of ``bar_kinds(interval)``."""
+    bar = tick.bar
+    kind = bar_kinds(bar.interval)[1 if bar.final else 0]
+    data = _json(json_format.MessageToDict(tick))
+    frame = f"{_id_prefix(epoch)}{tick.offset}\nevent: bar\ndata: {data}\n\n"
+    ingest_ns = tick.ingest_time.ToNanoseconds() if tick.HasField("ingest_time") else 0
+    return _encoded_tick(tick.offset, tick.symbol, kind, frame.encode(), ingest_ns)
 
 
 def _levels_json(levels: list[Level]) -> str:

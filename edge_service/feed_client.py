@@ -97,6 +97,7 @@ class FeedClient:
         self.ready = False
         self.epoch: str | None = None
         self.symbols: dict[str, feed_pb2.SymbolInfo] = {}
+        self.bar_intervals: list[str] = []  # the bars the feed makes (ListSymbols)
         self.sources: list[feed_pb2.SourceInfo] = []
         self._task: asyncio.Task[None] | None = None
         self._symbols_at = 0.0
@@ -182,6 +183,7 @@ class FeedClient:
         reply = await self.stub.ListSymbols(feed_pb2.ListSymbolsRequest(), timeout=2.0)
         self.symbols = {info.symbol: info for info in reply.symbols}
         self.epoch = reply.epoch
+        self.bar_intervals = list(reply.bar_intervals)
         self._symbols_at = asyncio.get_running_loop().time()
 
     async def refresh_now(self) -> None:

@@ -10,10 +10,10 @@ from .books import DEFAULT_DEPTH, MAX_DEPTH
 from .problems import Problem
 from .rate import MAX_RATE
 
-KINDS = ("trade", "quote", "book")
+KINDS = ("trade", "quote", "book", "bar")
 DEFAULT_KINDS = frozenset(("trade", "quote"))
 STREAM_PARAMETERS = frozenset(
-    ("symbols", "types", "snapshot", "depth", "max_rate", "last_event_id", "token")
+    ("symbols", "types", "snapshot", "depth", "intervals", "max_rate", "last_event_id", "token")
 )
 """The query parameters the SSE routes know (``symbols`` only on ``/sse``)."""
 
@@ -33,6 +33,25 @@ def check_known(names: Iterable[str], known: Iterable[str]) -> None:
                 f"{', '.join(sorted(allowed)) or 'none'}",
                 parameter=shown,
             )
+
+
+def parse_intervals(raw: list[str] | None, offered: list[str]) -> list[str]:
+    """``intervals=1s,1m`` values (repeated parameters add up; absent: every one ``offered``,
+    the feed's bar intervals). Raises Problem 400 naming an interval the feed does not make."""
+    if raw is None:
+        return list(offered)
+    intervals = list(dict.fromkeys(part for value in raw for part in value.split(",")))
+    unknown = [interval for interval in intervals if interval not in offered]
+    if unknown or not intervals:
+        shown = unknown[0][:20] if unknown else ""
+        raise Problem(
+            400,
+            "invalid-intervals",
+            "Invalid intervals",
+            f"bar interval {shown!r} is not made by the feed; it makes "
+            f"{', '.join(offered) or 'no bars'}",
+        )
+    return intervals
 
 
 def parse_rate(raw: str | None) -> float | None:
@@ -99,7 +118,7 @@ def parse_symbols(raw: list[str], limit: int) -> list[str]:
 
 
 def parse_types(raw: list[str] | None) -> frozenset[str]:
-    """``types=trade,quote,book`` values, repeated parameters adding up (absent: trade and
+    """``types=trade,quote,book,bar`` values, repeated parameters adding up (absent: trade and
     quote). Raises Problem 400 for an empty or unknown type."""
     if raw is None:
         return DEFAULT_KINDS
@@ -109,6 +128,6 @@ def parse_types(raw: list[str] | None) -> frozenset[str]:
             400,
             "invalid-types",
             "Invalid types",
-            "types is a comma-separated subset of trade,quote,book",
+            "types is a comma-separated subset of trade,quote,book,bar",
         )
     return frozenset(kinds)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from .encoding import TRADE, EncodedTick
+from .encoding import EncodedTick, conflates
 
 MAX_RATE = 100.0
 """Above this a cap saves nothing worth its timer."""
@@ -27,14 +27,14 @@ class RateGate:
     def __init__(self, rate: float, release: Callable[[list[EncodedTick]], None]) -> None:
         self._interval = 1.0 / rate
         self._release = release
-        self._held: list[EncodedTick] = []  # trades, in arrival (offset) order
+        self._held: list[EncodedTick] = []  # trades and final bars, in offset order
         self._kept: dict[tuple[str, str], EncodedTick] = {}  # the newest of each other kind
         self._last = 0.0  # loop time of the last release
         self._timer: asyncio.TimerHandle | None = None
 
     def push(self, tick: EncodedTick) -> None:
         """Hold ``tick`` for the next release (scheduled if none is)."""
-        if tick.kind == TRADE:
+        if not conflates(tick.kind):
             self._held.append(tick)
         else:
             self._kept[(tick.symbol, tick.kind)] = tick

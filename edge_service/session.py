@@ -26,7 +26,15 @@ from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
 from .books import BookViews, depths_of
 from .cursor import EARLIEST, Cursor, format_event_id
-from .encoding import QUOTE, TRADE, EncodedTick, encode_control, encode_tick, snapshot_frame
+from .encoding import (
+    BAR_KIND,
+    QUOTE,
+    EncodedTick,
+    conflates,
+    encode_control,
+    encode_tick,
+    snapshot_frame,
+)
 from .metrics import EdgeMetrics
 from .outbox import Outbox
 from .rate import RateGate
@@ -39,8 +47,14 @@ KIND_TO_TYPE = {"trade": tick_pb2.TICK_TYPE_TRADE, "quote": tick_pb2.TICK_TYPE_Q
 
 
 def tick_types(kinds: Iterable[str]) -> list[int]:
-    """The feed's tick types for ``kinds`` (``book:<depth>`` is TICK_TYPE_BOOK), sorted."""
-    return sorted({KIND_TO_TYPE.get(kind, tick_pb2.TICK_TYPE_BOOK) for kind in kinds})
+    """The feed's tick types for ``kinds`` (``book:<depth>`` is TICK_TYPE_BOOK, ``bar:...``
+    TICK_TYPE_BAR), sorted."""
+    types = {
+        KIND_TO_TYPE.get(kind)
+        or (tick_pb2.TICK_TYPE_BAR if kind.startswith(BAR_KIND) else tick_pb2.TICK_TYPE_BOOK)
+        for kind in kinds
+    }
+    return sorted(types)
 
 
 def catchup_request(
@@ -189,9 +203,9 @@ class ClientSession:
             self.push_now(tick)
 
     def push_now(self, tick: EncodedTick) -> None:
-        if tick.kind == TRADE:
+        if not conflates(tick.kind):
             self.outbox.push(tick.frame, 1, tick.ingest_ns)
-        else:  # quotes and books conflate, each (symbol, kind) apart
+        else:  # quotes, books and open bars conflate, each (symbol, kind) apart
             key = tick.symbol if tick.kind == QUOTE else f"{tick.symbol} {tick.kind}"
             self.outbox.push_quote(key, tick.frame, tick.ingest_ns)
 

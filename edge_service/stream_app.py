@@ -112,7 +112,14 @@ def query_options(request: Request, errors: list[tuple[str, str]]) -> StreamOpti
             flag = value
     last_event_id = request.headers.get("last-event-id") or query.get("last_event_id")
     types = query.getlist("types") or None
-    return StreamOptions(types, flag, last_event_id, query.get("depth"), query.get("max_rate"))
+    return StreamOptions(
+        types,
+        flag,
+        last_event_id,
+        query.get("depth"),
+        query.get("max_rate"),
+        query.getlist("intervals") or None,
+    )
 
 
 def invalid(errors: list[tuple[str, str]]) -> Problem:

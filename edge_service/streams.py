@@ -15,12 +15,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from . import fanout
 from .auth import Grant, authorize, cookie_header, token_of
 from .cursor import Cursor, MalformedCursor, parse_cursor
-from .encoding import BOOK, book_kind, encode_preamble
+from .encoding import BAR, BOOK, bar_kinds, book_kind, encode_preamble
 from .merge import SymbolMerge
 from .params import (
     STREAM_PARAMETERS,
     check_known,
     parse_depth,
+    parse_intervals,
     parse_rate,
     parse_symbols,
     parse_types,
@@ -81,6 +82,7 @@ class StreamOptions:
     last_event_id: str | None
     depth: str | None = None
     max_rate: str | None = None
+    intervals: list[str] | None = None
 
 
 async def stream_options(
@@ -96,6 +98,10 @@ async def stream_options(
         int,
         Query(ge=1, le=100, description="Book levels a side in `book` events (default 10)."),
     ] = 10,
+    intervals: Annotated[
+        list[str] | None,
+        Query(description="Bar intervals of `bar` events, e.g. 1s,1m (default: every one)."),
+    ] = None,
     max_rate: Annotated[
         float | None,
         Query(
@@ -118,7 +124,8 @@ async def stream_options(
     ] = None,
 ) -> StreamOptions:
     rate = None if max_rate is None else str(max_rate)
-    return StreamOptions(types, snapshot, last_event_id_header or last_event_id, str(depth), rate)
+    cursor = last_event_id_header or last_event_id
+    return StreamOptions(types, snapshot, cursor, str(depth), rate, intervals)
 
 
 Options = Annotated[StreamOptions, Depends(stream_options)]
@@ -163,12 +170,15 @@ async def open_stream(
     depth = parse_depth(options.depth)
     if BOOK in kinds:  # a book event per depth: clients of one depth share its bytes
         kinds = kinds - {BOOK} | {book_kind(depth)}
+    if BAR in kinds:
+        intervals = parse_intervals(options.intervals, edge.feed.bar_intervals)
+        kinds = kinds - {BAR} | {kind for i in intervals for kind in bar_kinds(i)}
     rate = parse_rate(options.max_rate)
     address = request.client.host if request.client else "unknown"
     edge.registry.limits.check_rate(address)
     grant = authorize(edge.verifier, request, symbols) if edge.verifier is not None else None
     edge.require_ready()
-    await _require_known(edge, symbols)
+    await require_known(edge, symbols)
     start: Cursor | str | None = None
     reset = None
     if options.last_event_id:
@@ -205,7 +215,7 @@ async def open_stream(
     )
 
 
-async def _require_known(edge: EdgeState, symbols: list[str]) -> None:
+async def require_known(edge: EdgeState, symbols: list[str]) -> None:
     """Raises Problem 404 naming the symbols the feed does not serve (at most 10)."""
     unknown = [s for s in symbols if s not in edge.feed.symbols]
     if unknown:  # a producer may have published it since the last refresh

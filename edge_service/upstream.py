@@ -112,7 +112,12 @@ def backoff_delay(attempt: int) -> float:
 
 
 _CONNECTED = object()  # inbox marker: the next message opens a new call
-UPSTREAM_TYPES = (tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE, tick_pb2.TICK_TYPE_BOOK)
+UPSTREAM_TYPES = (
+    tick_pb2.TICK_TYPE_TRADE,
+    tick_pb2.TICK_TYPE_QUOTE,
+    tick_pb2.TICK_TYPE_BOOK,
+    tick_pb2.TICK_TYPE_BAR,
+)
 
 
 def subscribe_request(symbol: str, position: tuple[str | None, int]) -> feed_pb2.SubscribeRequest:

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode
 
 from tickstream_common.settings import LogFormatSetting, LogLevel, service_config, split_commas
 
+from .bars import interval_ns
+
 
 class FeedSettings(BaseSettings):
     """tickstream feed: numbers ticks from a source and streams them over gRPC.
@@ -43,6 +45,11 @@ class FeedSettings(BaseSettings):
         "wss://stream.binance.com:9443",
         description="Base URL of Binance's public WebSocket API (binance source); the combined "
         "stream /stream?streams=... is opened below it.",
+    )
+    bar_intervals: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["1s", "1m"],
+        description="Bars (OHLCV candles) made from every symbol's trades, comma-separated "
+        "intervals <1-9999><s|m|h|d>; empty = none.",
     )
     seed: int = Field(7, description="Seed of the synthetic source (same seed, same ticks).")
     rate: float = Field(
@@ -152,7 +159,14 @@ class FeedSettings(BaseSettings):
             raise ValueError("--max-batch: at most 1000 with --backbone nats (atomic batches)")
         return self
 
-    @field_validator("symbols", "replay_path", "nats_url", mode="before")
+    @field_validator("bar_intervals", mode="after")
+    @classmethod
+    def _bar_intervals(cls, intervals: list[str]) -> list[str]:
+        for interval in intervals:
+            interval_ns(interval)  # raises ValueError naming it
+        return list(dict.fromkeys(intervals))
+
+    @field_validator("symbols", "replay_path", "nats_url", "bar_intervals", mode="before")
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return split_commas(value)

@@ -17,6 +17,7 @@ from .wire import DRAFT_TYPES, StoredTick, event_time_field, ingest_time_field
 TRADE = tick_pb2.TICK_TYPE_TRADE
 QUOTE = tick_pb2.TICK_TYPE_QUOTE
 BOOK = tick_pb2.TICK_TYPE_BOOK
+BAR = tick_pb2.TICK_TYPE_BAR
 
 
 def new_epoch() -> str:
@@ -54,6 +55,7 @@ class TickHub:
         self._symbols: dict[str, feed_pb2.SymbolInfo] = {}
         self._sequences: dict[tuple[str, int], int] = {}
         self._latest: dict[tuple[str, int], StoredTick] = {}
+        self._bars: dict[tuple[str, str], StoredTick] = {}  # (symbol, interval) -> latest bar
         self.books = BookKeeper()
         self._advanced = asyncio.Event()
         self.ready = False
@@ -149,7 +151,10 @@ class TickHub:
         books = False
         for tick in ticks:
             latest[(tick.symbol, tick.tick_type)] = tick
-            books = books or tick.tick_type == BOOK
+            if tick.tick_type > QUOTE:  # books and bars, a few a second
+                books = books or tick.tick_type == BOOK
+                if tick.tick_type == BAR:
+                    self._bars[(tick.symbol, tick.tick.bar.interval)] = tick
         if books or self.books:
             self.books.store(ticks, self.history.earliest_offset)
         self.wake_waiters()
@@ -172,14 +177,17 @@ class TickHub:
         return True
 
     def snapshot(self, symbols: Iterable[str], types: frozenset[int]) -> list[StoredTick]:
-        """The latest tick of each requested (symbol, type) pair, in offset order; books are
-        not in it (see :meth:`book_bases`)."""
+        """The latest tick of each requested (symbol, type) pair, and of bars the latest of each
+        interval, in offset order; books are not in it (see :meth:`book_bases`)."""
+        wanted = set(symbols)
         latest = [
             tick
-            for symbol in symbols
+            for symbol in wanted
             for kind in types
-            if kind != BOOK and (tick := self._latest.get((symbol, kind))) is not None
+            if kind in (TRADE, QUOTE) and (tick := self._latest.get((symbol, kind))) is not None
         ]
+        if BAR in types:
+            latest.extend(tick for (symbol, _), tick in self._bars.items() if symbol in wanted)
         return sorted(latest, key=lambda tick: tick.offset)
 
     def book_bases(self, symbols: Iterable[str], offset: int) -> list[StoredTick]:

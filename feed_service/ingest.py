@@ -8,6 +8,7 @@ and field before anything of the batch is stored.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import deque
 from collections.abc import Container, Sequence
@@ -19,6 +20,7 @@ from tickstream.v1 import feed_pb2, ingest_pb2, tick_pb2
 from tickstream_common.book import is_zero
 from tickstream_common.symbols import SYMBOL_PATTERN, is_valid_symbol
 
+from .bars import BarMaker
 from .errors import InvalidRequest, LimitExceeded
 from .hub import TickHub
 from .liveness import SourceHandle
@@ -147,6 +149,8 @@ def check_draft(index: int, draft: ingest_pb2.TickDraft, known: Container[str] =
             raise InvalidDraft(index, "quote.bid_price", f"{bid} is above quote.ask_price {ask}")
     elif body == "book":
         _check_book(index, draft.book)
+    elif body == "bar":
+        raise InvalidDraft(index, "bar", "is made by the feed from trades; publish the trades")
     else:
         raise InvalidDraft(index, "body", "is missing: set trade, quote or book")
     if _too_long(draft.dedup_id, MAX_DEDUP_ID):
@@ -207,8 +211,16 @@ class Ingestor:
     are declared with the source's name and the most decimals seen in their prices and sizes.
     """
 
-    def __init__(self, hub: TickHub, dedup_window: int, max_symbols: int) -> None:
+    def __init__(
+        self,
+        hub: TickHub,
+        dedup_window: int,
+        max_symbols: int,
+        bar_intervals: Sequence[str] = (),
+    ) -> None:
         self._hub = hub
+        self.bars = BarMaker(bar_intervals)
+        self._bar_lock = asyncio.Lock()
         self.dedup = DedupWindow(dedup_window)
         self._max_symbols = max_symbols
         self._scales: dict[str, tuple[int, int]] = {}
@@ -230,13 +242,25 @@ class Ingestor:
         if not kept:
             return IngestResult(0, len(drafts), hub.head_offset)
         now_ns = hub.clock_ns()
-        last = await hub.append(kept, now_ns)
+        async with self._bar_lock:  # a bar's updates are stored in the order they are made
+            bars, commit = self.bars.on_trades(kept, now_ns)
+            last = await hub.append([*kept, *bars] if bars else kept, now_ns)
+            commit()
         dedup = self.dedup
         if dedup.capacity:
             for key in keys:  # only once stored: a refused batch may be sent again
                 dedup.add(key)
         source.record(len(kept), now_ns)
         return IngestResult(len(kept), len(drafts) - len(kept), last)
+
+    async def publish_due_bars(self) -> None:
+        """Store the open bars' updates that are due (see :meth:`BarMaker.due`). Raises
+        NotReady when the backbone cannot store them now (they stay due)."""
+        async with self._bar_lock:
+            drafts, commit = self.bars.due()
+            if drafts:
+                await self._hub.append(drafts, self._hub.clock_ns())
+                commit()
 
     def _without_duplicates(
         self, drafts: Sequence[ingest_pb2.TickDraft]

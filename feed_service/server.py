@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -31,6 +32,7 @@ FEED_SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_nam
 INGEST_SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 BACKBONE_RETRY_S = 0.5  # a built-in source's pause while the backbone cannot store
 SWEEP_INTERVAL_S = 0.25  # how often quiet symbols are checked for staleness
+BAR_INTERVAL_S = 0.25  # how often open bars are checked for a due update
 SERVER_OPTIONS = [
     # One feed per port: without this gRPC sets SO_REUSEPORT and a second feed would share it.
     ("grpc.so_reuseport", 0),
@@ -88,7 +90,9 @@ class FeedServer:
         self.metrics.watch(self.liveness)
         self.hub = build_hub(settings, self.liveness, self.metrics)
         self.hub.on_link = self._backbone_link
-        self.ingestor = Ingestor(self.hub, settings.dedup_window, settings.max_symbols)
+        self.ingestor = Ingestor(
+            self.hub, settings.dedup_window, settings.max_symbols, settings.bar_intervals
+        )
         if settings.backbone == "nats" and settings.dedup_window:
             from .jetstream import JetStreamHub
 
@@ -102,6 +106,7 @@ class FeedServer:
         self.credentials = server_credentials(settings)
         tokens = TokenTable.from_file(settings.client_tokens) if settings.client_tokens else None
         self.servicer.tokens = tokens
+        self.servicer.bar_intervals = settings.bar_intervals
         self.ingest = IngestServicer(
             self.hub, self.ingestor, self.liveness, self.metrics, settings.max_batch, tokens
         )
@@ -121,6 +126,7 @@ class FeedServer:
         self._source_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._bar_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind the port (logging the address) and start loading and publishing the source."""
@@ -157,6 +163,7 @@ class FeedServer:
         self._source_task = asyncio.create_task(self._run_source(), name="feed-source")
         self._sampler = asyncio.create_task(self._sample(), name="feed-sampler")
         self._sweeper = asyncio.create_task(self._sweep(), name="feed-staleness")
+        self._bar_task = asyncio.create_task(self._publish_bars(), name="feed-bars")
 
     async def _sample(self) -> None:
         """Gauges that must be read on the event loop (metrics are served from a thread)."""
@@ -173,6 +180,14 @@ class FeedServer:
             if liveness.version != seen:
                 self.hub.wake_waiters()
             await asyncio.sleep(SWEEP_INTERVAL_S)
+
+    async def _publish_bars(self) -> None:
+        """The open bars' due updates, four times a second (see ``bars``)."""
+        while True:
+            await asyncio.sleep(BAR_INTERVAL_S)
+            if self.hub.ready:
+                with contextlib.suppress(NotReady):  # still due at the next round
+                    await self.ingestor.publish_due_bars()
 
     async def _ready(self, detail: str) -> None:
         self.hub.ready = True
@@ -244,7 +259,7 @@ class FeedServer:
         self.servicer.closing = True
         self.ingest.closing = True
         self.hub.wake_waiters()
-        for task in (self._sampler, self._sweeper):
+        for task in (self._sampler, self._sweeper, self._bar_task):
             if task is not None:
                 task.cancel()
         if self._source_task is not None:

@@ -116,6 +116,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         self._heartbeat_interval = heartbeat_interval
         self.closing = False
         self.tokens: TokenTable | None = None  # set when clients must present tokens
+        self.bar_intervals: list[str] = []  # what ListSymbols reports
 
     async def Subscribe(
         self, request: feed_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
@@ -315,7 +316,9 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             info.CopyFrom(known)
             info.MergeFrom(self._liveness.status_fields(known.symbol))
             infos.append(info)
-        return feed_pb2.ListSymbolsResponse(symbols=infos, epoch=self._hub.epoch)
+        return feed_pb2.ListSymbolsResponse(
+            symbols=infos, epoch=self._hub.epoch, bar_intervals=self.bar_intervals
+        )
 
     async def ListSources(
         self, request: feed_pb2.ListSourcesRequest, context: grpc.aio.ServicerContext

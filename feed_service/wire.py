@@ -87,6 +87,7 @@ DRAFT_TYPES = {
     "trade": tick_pb2.TICK_TYPE_TRADE,
     "quote": tick_pb2.TICK_TYPE_QUOTE,
     "book": tick_pb2.TICK_TYPE_BOOK,
+    "bar": tick_pb2.TICK_TYPE_BAR,
 }
 """A ``TickDraft``'s body (``WhichOneof("body")``) -> the type of the tick it makes."""
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tickstream.v1 import tick_pb2 as tickstream_dot_v1_dot_tick__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tickstream/v1/feed.proto\x12\rtickstream.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18tickstream/v1/tick.proto\"/\n\x0eStreamPosition\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"\xc4\x01\n\x10SubscribeRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12&\n\x05types\x18\x02 \x03(\x0e\x32\x17.tickstream.v1.TickType\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12.\n\x05\x61\x66ter\x18\x04 \x01(\x0b\x32\x1d.tickstream.v1.StreamPositionH\x00\x12\x12\n\x08\x65\x61rliest\x18\x05 \x01(\x08H\x00\x12\x18\n\x10progress_updates\x18\x06 \x01(\x08\x42\x07\n\x05start\"D\n\tTickBatch\x12\"\n\x05ticks\x18\x01 \x03(\x0b\x32\x13.tickstream.v1.Tick\x12\x13\n\x0bhead_offset\x18\x02 \x01(\x04\"r\n\tHeartbeat\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x13\n\x0bhead_offset\x18\x02 \x01(\x04\x12\x17\n\x0f\x65\x61rliest_offset\x18\x03 \x01(\x04\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x05Reset\x12*\n\x06reason\x18\x01 \x01(\x0e\x32\x1a.tickstream.v1.ResetReason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x13\n\x0bhead_offset\x18\x04 \x01(\x04\"}\n\x0cSymbolStatus\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.tickstream.v1.SymbolState\x12\x32\n\x0elast_tick_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x01\n\x11SubscribeResponse\x12)\n\x05ticks\x18\x01 \x01(\x0b\x32\x18.tickstream.v1.TickBatchH\x00\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.tickstream.v1.HeartbeatH\x00\x12%\n\x05reset\x18\x03 \x01(\x0b\x32\x14.tickstream.v1.ResetH\x00\x12-\n\x06status\x18\x04 \x01(\x0b\x32\x1b.tickstream.v1.SymbolStatusH\x00\x42\x07\n\x05\x65vent\"%\n\x12ListSymbolsRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\"\xb4\x01\n\nSymbolInfo\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x13\n\x0bprice_scale\x18\x02 \x01(\r\x12\x12\n\nsize_scale\x18\x03 \x01(\r\x12\x0e\n\x06source\x18\x04 \x01(\t\x12)\n\x05state\x18\x05 \x01(\x0e\x32\x1a.tickstream.v1.SymbolState\x12\x32\n\x0elast_tick_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x13ListSymbolsResponse\x12*\n\x07symbols\x18\x01 \x03(\x0b\x32\x19.tickstream.v1.SymbolInfo\x12\r\n\x05\x65poch\x18\x02 \x01(\t\"\x14\n\x12ListSourcesRequest\"\x98\x01\n\nSourceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.tickstream.v1.SourceState\x12\x32\n\x0elast_tick_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05ticks\x18\x04 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"A\n\x13ListSourcesResponse\x12*\n\x07sources\x18\x01 \x03(\x0b\x32\x19.tickstream.v1.SourceInfo*\xab\x01\n\x0bResetReason\x12\x1c\n\x18RESET_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESET_REASON_EPOCH_CHANGED\x10\x01\x12\x1f\n\x1bRESET_REASON_OFFSET_TOO_OLD\x10\x02\x12\x1d\n\x19RESET_REASON_OFFSET_AHEAD\x10\x03\x12\x1e\n\x1aRESET_REASON_SLOW_CONSUMER\x10\x04*Z\n\x0bSymbolState\x12\x1c\n\x18SYMBOL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11SYMBOL_STATE_LIVE\x10\x01\x12\x16\n\x12SYMBOL_STATE_STALE\x10\x02*\x91\x01\n\x0bSourceState\x12\x1c\n\x18SOURCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SOURCE_STATE_CONNECTED\x10\x01\x12\x18\n\x14SOURCE_STATE_FLOWING\x10\x02\x12\x16\n\x12SOURCE_STATE_STALE\x10\x03\x12\x16\n\x12SOURCE_STATE_ENDED\x10\x04\x32\x8b\x02\n\x0b\x46\x65\x65\x64Service\x12P\n\tSubscribe\x12\x1f.tickstream.v1.SubscribeRequest\x1a .tickstream.v1.SubscribeResponse0\x01\x12T\n\x0bListSymbols\x12!.tickstream.v1.ListSymbolsRequest\x1a\".tickstream.v1.ListSymbolsResponse\x12T\n\x0bListSources\x12!.tickstream.v1.ListSourcesRequest\x1a\".tickstream.v1.ListSourcesResponseBd\n\x11\x64\x65v.tickstream.v1B\tFeedProtoP\x01ZBgithub.com/tickstream/tickstream/gen/go/tickstream/v1;tickstreamv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tickstream/v1/feed.proto\x12\rtickstream.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18tickstream/v1/tick.proto\"/\n\x0eStreamPosition\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"\xc4\x01\n\x10SubscribeRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12&\n\x05types\x18\x02 \x03(\x0e\x32\x17.tickstream.v1.TickType\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12.\n\x05\x61\x66ter\x18\x04 \x01(\x0b\x32\x1d.tickstream.v1.StreamPositionH\x00\x12\x12\n\x08\x65\x61rliest\x18\x05 \x01(\x08H\x00\x12\x18\n\x10progress_updates\x18\x06 \x01(\x08\x42\x07\n\x05start\"D\n\tTickBatch\x12\"\n\x05ticks\x18\x01 \x03(\x0b\x32\x13.tickstream.v1.Tick\x12\x13\n\x0bhead_offset\x18\x02 \x01(\x04\"r\n\tHeartbeat\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x13\n\x0bhead_offset\x18\x02 \x01(\x04\x12\x17\n\x0f\x65\x61rliest_offset\x18\x03 \x01(\x04\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x05Reset\x12*\n\x06reason\x18\x01 \x01(\x0e\x32\x1a.tickstream.v1.ResetReason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x13\n\x0bhead_offset\x18\x04 \x01(\x04\"}\n\x0cSymbolStatus\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.tickstream.v1.SymbolState\x12\x32\n\x0elast_tick_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x01\n\x11SubscribeResponse\x12)\n\x05ticks\x18\x01 \x01(\x0b\x32\x18.tickstream.v1.TickBatchH\x00\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.tickstream.v1.HeartbeatH\x00\x12%\n\x05reset\x18\x03 \x01(\x0b\x32\x14.tickstream.v1.ResetH\x00\x12-\n\x06status\x18\x04 \x01(\x0b\x32\x1b.tickstream.v1.SymbolStatusH\x00\x42\x07\n\x05\x65vent\"%\n\x12ListSymbolsRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\"\xb4\x01\n\nSymbolInfo\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x13\n\x0bprice_scale\x18\x02 \x01(\r\x12\x12\n\nsize_scale\x18\x03 \x01(\r\x12\x0e\n\x06source\x18\x04 \x01(\t\x12)\n\x05state\x18\x05 \x01(\x0e\x32\x1a.tickstream.v1.SymbolState\x12\x32\n\x0elast_tick_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x13ListSymbolsResponse\x12*\n\x07symbols\x18\x01 \x03(\x0b\x32\x19.tickstream.v1.SymbolInfo\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x15\n\rbar_intervals\x18\x03 \x03(\t\"\x14\n\x12ListSourcesRequest\"\x98\x01\n\nSourceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.tickstream.v1.SourceState\x12\x32\n\x0elast_tick_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05ticks\x18\x04 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"A\n\x13ListSourcesResponse\x12*\n\x07sources\x18\x01 \x03(\x0b\x32\x19.tickstream.v1.SourceInfo*\xab\x01\n\x0bResetReason\x12\x1c\n\x18RESET_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESET_REASON_EPOCH_CHANGED\x10\x01\x12\x1f\n\x1bRESET_REASON_OFFSET_TOO_OLD\x10\x02\x12\x1d\n\x19RESET_REASON_OFFSET_AHEAD\x10\x03\x12\x1e\n\x1aRESET_REASON_SLOW_CONSUMER\x10\x04*Z\n\x0bSymbolState\x12\x1c\n\x18SYMBOL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11SYMBOL_STATE_LIVE\x10\x01\x12\x16\n\x12SYMBOL_STATE_STALE\x10\x02*\x91\x01\n\x0bSourceState\x12\x1c\n\x18SOURCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SOURCE_STATE_CONNECTED\x10\x01\x12\x18\n\x14SOURCE_STATE_FLOWING\x10\x02\x12\x16\n\x12SOURCE_STATE_STALE\x10\x03\x12\x16\n\x12SOURCE_STATE_ENDED\x10\x04\x32\x8b\x02\n\x0b\x46\x65\x65\x64Service\x12P\n\tSubscribe\x12\x1f.tickstream.v1.SubscribeRequest\x1a .tickstream.v1.SubscribeResponse0\x01\x12T\n\x0bListSymbols\x12!.tickstream.v1.ListSymbolsRequest\x1a\".tickstream.v1.ListSymbolsResponse\x12T\n\x0bListSources\x12!.tickstream.v1.ListSourcesRequest\x1a\".tickstream.v1.ListSourcesResponseBd\n\x11\x64\x65v.tickstream.v1B\tFeedProtoP\x01ZBgithub.com/tickstream/tickstream/gen/go/tickstream/v1;tickstreamv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tickstream.v1.feed_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.tickstream.v1B\tFeedProtoP\001ZBgithub.com/tickstream/tickstream/gen/go/tickstream/v1;tickstreamv1'
-  _globals['_RESETREASON']._serialized_start=1525
-  _globals['_RESETREASON']._serialized_end=1696
-  _globals['_SYMBOLSTATE']._serialized_start=1698
-  _globals['_SYMBOLSTATE']._serialized_end=1788
-  _globals['_SOURCESTATE']._serialized_start=1791
-  _globals['_SOURCESTATE']._serialized_end=1936
+  _globals['_RESETREASON']._serialized_start=1548
+  _globals['_RESETREASON']._serialized_end=1719
+  _globals['_SYMBOLSTATE']._serialized_start=1721
+  _globals['_SYMBOLSTATE']._serialized_end=1811
+  _globals['_SOURCESTATE']._serialized_start=1814
+  _globals['_SOURCESTATE']._serialized_end=1959
   _globals['_STREAMPOSITION']._serialized_start=102
   _globals['_STREAMPOSITION']._serialized_end=149
   _globals['_SUBSCRIBEREQUEST']._serialized_start=152
@@ -59,13 +59,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYMBOLINFO']._serialized_start=1016
   _globals['_SYMBOLINFO']._serialized_end=1196
   _globals['_LISTSYMBOLSRESPONSE']._serialized_start=1198
-  _globals['_LISTSYMBOLSRESPONSE']._serialized_end=1278
-  _globals['_LISTSOURCESREQUEST']._serialized_start=1280
-  _globals['_LISTSOURCESREQUEST']._serialized_end=1300
-  _globals['_SOURCEINFO']._serialized_start=1303
-  _globals['_SOURCEINFO']._serialized_end=1455
-  _globals['_LISTSOURCESRESPONSE']._serialized_start=1457
-  _globals['_LISTSOURCESRESPONSE']._serialized_end=1522
-  _globals['_FEEDSERVICE']._serialized_start=1939
-  _globals['_FEEDSERVICE']._serialized_end=2206
+  _globals['_LISTSYMBOLSRESPONSE']._serialized_end=1301
+  _globals['_LISTSOURCESREQUEST']._serialized_start=1303
+  _globals['_LISTSOURCESREQUEST']._serialized_end=1323
+  _globals['_SOURCEINFO']._serialized_start=1326
+  _globals['_SOURCEINFO']._serialized_end=1478
+  _globals['_LISTSOURCESRESPONSE']._serialized_start=1480
+  _globals['_LISTSOURCESRESPONSE']._serialized_end=1545
+  _globals['_FEEDSERVICE']._serialized_start=1962
+  _globals['_FEEDSERVICE']._serialized_end=2229
 # @@protoc_insertion_point(module_scope)

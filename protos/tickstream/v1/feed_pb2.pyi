@@ -423,19 +423,25 @@ class ListSymbolsResponse(_message.Message):
 
     SYMBOLS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    BAR_INTERVALS_FIELD_NUMBER: _builtins.int
     epoch: _builtins.str
     """The feed's current epoch."""
     @_builtins.property
     def symbols(self) -> _containers.RepeatedCompositeFieldContainer[Global___SymbolInfo]: ...
+    @_builtins.property
+    def bar_intervals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The bar intervals the feed makes from every symbol's trades ("1s", "1m", ...)."""
+
     def __init__(
         self,
         *,
         symbols: _abc.Iterable[Global___SymbolInfo] | None = ...,
         epoch: _builtins.str = ...,
+        bar_intervals: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "symbols", b"symbols"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bar_intervals", b"bar_intervals", "epoch", b"epoch", "symbols", b"symbols"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

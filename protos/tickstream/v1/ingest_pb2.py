@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tickstream.v1 import tick_pb2 as tickstream_dot_v1_dot_tick__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atickstream/v1/ingest.proto\x12\rtickstream.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18tickstream/v1/tick.proto\"\x8f\x02\n\tTickDraft\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05trade\x18\x06 \x01(\x0b\x32\x14.tickstream.v1.TradeH\x00\x12%\n\x05quote\x18\x07 \x01(\x0b\x32\x14.tickstream.v1.QuoteH\x00\x12)\n\x04\x62ook\x18\x08 \x01(\x0b\x32\x19.tickstream.v1.BookUpdateH\x00\x12\x10\n\x08\x64\x65\x64up_id\x18\x0f \x01(\tB\x06\n\x04\x62odyJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x05\x10\x06R\x08sequenceR\x06offsetR\x0bingest_time\"K\n\x0ePublishRequest\x12\'\n\x05ticks\x18\x01 \x03(\x0b\x32\x18.tickstream.v1.TickDraft\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\"m\n\x0fPublishResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12\x13\n\x0blast_offset\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\t2]\n\rIngestService\x12L\n\x07Publish\x12\x1d.tickstream.v1.PublishRequest\x1a\x1e.tickstream.v1.PublishResponse(\x01\x30\x01\x42\x66\n\x11\x64\x65v.tickstream.v1B\x0bIngestProtoP\x01ZBgithub.com/tickstream/tickstream/gen/go/tickstream/v1;tickstreamv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atickstream/v1/ingest.proto\x12\rtickstream.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18tickstream/v1/tick.proto\"\xb2\x02\n\tTickDraft\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05trade\x18\x06 \x01(\x0b\x32\x14.tickstream.v1.TradeH\x00\x12%\n\x05quote\x18\x07 \x01(\x0b\x32\x14.tickstream.v1.QuoteH\x00\x12)\n\x04\x62ook\x18\x08 \x01(\x0b\x32\x19.tickstream.v1.BookUpdateH\x00\x12!\n\x03\x62\x61r\x18\t \x01(\x0b\x32\x12.tickstream.v1.BarH\x00\x12\x10\n\x08\x64\x65\x64up_id\x18\x0f \x01(\tB\x06\n\x04\x62odyJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x05\x10\x06R\x08sequenceR\x06offsetR\x0bingest_time\"K\n\x0ePublishRequest\x12\'\n\x05ticks\x18\x01 \x03(\x0b\x32\x18.tickstream.v1.TickDraft\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\"m\n\x0fPublishResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12\x13\n\x0blast_offset\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\t2]\n\rIngestService\x12L\n\x07Publish\x12\x1d.tickstream.v1.PublishRequest\x1a\x1e.tickstream.v1.PublishResponse(\x01\x30\x01\x42\x66\n\x11\x64\x65v.tickstream.v1B\x0bIngestProtoP\x01ZBgithub.com/tickstream/tickstream/gen/go/tickstream/v1;tickstreamv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.tickstream.v1B\013IngestProtoP\001ZBgithub.com/tickstream/tickstream/gen/go/tickstream/v1;tickstreamv1'
   _globals['_TICKDRAFT']._serialized_start=105
-  _globals['_TICKDRAFT']._serialized_end=376
-  _globals['_PUBLISHREQUEST']._serialized_start=378
-  _globals['_PUBLISHREQUEST']._serialized_end=453
-  _globals['_PUBLISHRESPONSE']._serialized_start=455
-  _globals['_PUBLISHRESPONSE']._serialized_end=564
-  _globals['_INGESTSERVICE']._serialized_start=566
-  _globals['_INGESTSERVICE']._serialized_end=659
+  _globals['_TICKDRAFT']._serialized_end=411
+  _globals['_PUBLISHREQUEST']._serialized_start=413
+  _globals['_PUBLISHREQUEST']._serialized_end=488
+  _globals['_PUBLISHRESPONSE']._serialized_start=490
+  _globals['_PUBLISHRESPONSE']._serialized_end=599
+  _globals['_INGESTSERVICE']._serialized_start=601
+  _globals['_INGESTSERVICE']._serialized_end=694
 # @@protoc_insertion_point(module_scope)

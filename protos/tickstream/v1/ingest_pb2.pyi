@@ -33,6 +33,7 @@ class TickDraft(_message.Message):
     TRADE_FIELD_NUMBER: _builtins.int
     QUOTE_FIELD_NUMBER: _builtins.int
     BOOK_FIELD_NUMBER: _builtins.int
+    BAR_FIELD_NUMBER: _builtins.int
     DEDUP_ID_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     """The instrument, matching ^[A-Z0-9][A-Z0-9._-]{0,31}$. A symbol first published becomes
@@ -54,6 +55,8 @@ class TickDraft(_message.Message):
     def quote(self) -> _tick_pb2.Quote: ...
     @_builtins.property
     def book(self) -> _tick_pb2.BookUpdate: ...
+    @_builtins.property
+    def bar(self) -> _tick_pb2.Bar: ...
     def __init__(
         self,
         *,
@@ -62,13 +65,14 @@ class TickDraft(_message.Message):
         trade: _tick_pb2.Trade | None = ...,
         quote: _tick_pb2.Quote | None = ...,
         book: _tick_pb2.BookUpdate | None = ...,
+        bar: _tick_pb2.Bar | None = ...,
         dedup_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "book", b"book", "event_time", b"event_time", "quote", b"quote", "trade", b"trade"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bar", b"bar", "body", b"body", "book", b"book", "event_time", b"event_time", "quote", b"quote", "trade", b"trade"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "book", b"book", "dedup_id", b"dedup_id", "event_time", b"event_time", "quote", b"quote", "symbol", b"symbol", "trade", b"trade"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bar", b"bar", "body", b"body", "book", b"book", "dedup_id", b"dedup_id", "event_time", b"event_time", "quote", b"quote", "symbol", b"symbol", "trade", b"trade"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["trade", "quote", "book"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["trade", "quote", "book", "bar"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
