@@ -1,4 +1,9 @@
-"""``GET /bars/{symbol}``: a symbol's recent bars as JSON, for a chart's first paint.
+"""Chart data as JSON, for a page's first paint and for clients that poll.
+
+``GET /latest?symbols=A,B``: each symbol's latest trade, quote, book (top ``depth`` levels) and
+bars, from one ``Subscribe(snapshot)`` read to its first batch.
+
+``GET /bars/{symbol}``: a symbol's recent bars.
 
 The bars come from the feed's history (no database): one ``Subscribe(earliest, types=[BAR])``
 read up to the head the feed had when it opened, then cancelled. The reply's ``lastEventId`` is
@@ -17,13 +22,16 @@ from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
+from tickstream_common.book import OrderBook
+
 from .auth import authorize
 from .cursor import format_event_id
-from .params import check_known, parse_symbols
+from .params import check_known, parse_depth, parse_symbols
 from .problems import Problem
 from .reader import Opened, Progress, Reset, SubscribeReader, Ticks
 from .state import RETRY_AFTER_S, EdgeState, edge_state
 from .streams import STREAM_PROBLEMS, require_known
+from .upstream import UPSTREAM_TYPES
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 5_000
@@ -33,6 +41,87 @@ BAR_PARAMETERS = frozenset(("interval", "limit", "token"))
 router = APIRouter()
 Edge = Annotated[EdgeState, Depends(edge_state)]
 PROBLEMS = {status: STREAM_PROBLEMS[status] for status in (400, 401, 403, 404, 503)}
+
+
+LATEST_PARAMETERS = frozenset(("symbols", "depth", "token"))
+
+
+@router.get(
+    "/latest",
+    summary="Latest trade, quote, book and bars of symbols",
+    description="`{epoch, lastEventId, symbols: {SYMBOL: {trade, quote, book, bars: "
+    "{INTERVAL: bar}}}}`: each value the proto3 JSON of the latest tick of its kind (as the "
+    "SSE `data`; a book holds the top `depth` levels a side, default 10), absent when the "
+    "symbol has none. `lastEventId` resumes an SSE stream right after these values.",
+    responses=PROBLEMS,
+)
+async def latest(request: Request, edge: Edge) -> JSONResponse:
+    query = request.query_params
+    check_known(query.keys(), LATEST_PARAMETERS)
+    symbols = parse_symbols(query.getlist("symbols"), edge.settings.max_symbols)
+    depth = parse_depth(query.get("depth"))
+    if edge.verifier is not None:
+        authorize(edge.verifier, request, symbols)
+    edge.require_ready()
+    await require_known(edge, symbols)
+    try:
+        epoch, head, ticks = await read_latest(edge.feed.stub, symbols)
+    except (grpc.aio.AioRpcError, TimeoutError) as error:
+        raise _unavailable(error) from None
+    values: dict[str, dict[str, Any]] = {symbol: {} for symbol in symbols}
+    for tick in ticks:
+        kind, value = _latest_value(tick, depth)
+        if kind == "bar":
+            values[tick.symbol].setdefault("bars", {})[tick.bar.interval] = value
+        else:
+            values[tick.symbol][kind] = value
+    return JSONResponse(
+        {"epoch": epoch, "lastEventId": format_event_id(epoch, head), "symbols": values}
+    )
+
+
+def _latest_value(tick: tick_pb2.Tick, depth: int) -> tuple[str, dict[str, Any]]:
+    """(kind, proto3 JSON) of one snapshot tick; a book cut to ``depth`` levels a side."""
+    kind = str(tick.WhichOneof("body"))
+    if kind == "book":
+        book = OrderBook()
+        book.apply(tick.book)
+        bids, asks = book.top(depth)
+        del tick.book.bids[:], tick.book.asks[:]
+        tick.book.bids.extend(tick_pb2.BookLevel(price=p, size=s) for p, s in bids)
+        tick.book.asks.extend(tick_pb2.BookLevel(price=p, size=s) for p, s in asks)
+    return kind, json_format.MessageToDict(tick)
+
+
+async def read_latest(
+    stub: feed_pb2_grpc.FeedServiceStub, symbols: list[str]
+) -> tuple[str, int, list[tick_pb2.Tick]]:
+    """(epoch, head, the snapshot's ticks) of a live Subscribe with ``snapshot``, every type."""
+    request = feed_pb2.SubscribeRequest(symbols=symbols, types=UPSTREAM_TYPES, snapshot=True)
+    call = stub.Subscribe(request, timeout=READ_TIMEOUT_S)
+    reader = SubscribeReader()
+    epoch, head = "", 0
+    try:
+        async for response in call:
+            event = reader.read(response)
+            if isinstance(event, Opened):
+                epoch, head = event.epoch, event.head
+            elif isinstance(event, Ticks):
+                return epoch, head, list(event.batch.ticks)
+    finally:
+        call.cancel()
+    return epoch, head, []
+
+
+def _unavailable(error: grpc.aio.AioRpcError | TimeoutError) -> Problem:
+    detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else "timed out"
+    return Problem(
+        503,
+        "feed-unavailable",
+        "Feed unavailable",
+        f"the feed's history could not be read: {detail}",
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
 
 
 def parse_limit(raw: str | None) -> int:
@@ -86,14 +175,7 @@ async def recent_bars(request: Request, symbol: str, edge: Edge) -> JSONResponse
     try:
         epoch, head, bars = await read_bars(edge.feed.stub, symbol, interval, limit)
     except (grpc.aio.AioRpcError, TimeoutError) as error:
-        detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else "timed out"
-        raise Problem(
-            503,
-            "feed-unavailable",
-            "Feed unavailable",
-            f"the feed's history could not be read: {detail}",
-            headers={"Retry-After": RETRY_AFTER_S},
-        ) from None
+        raise _unavailable(error) from None
     return JSONResponse(
         {
             "symbol": symbol,

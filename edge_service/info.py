@@ -13,12 +13,13 @@ from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .auth import authorize
+from .params import check_known
 from .problems import Problem
 from .sources import source_report
 from .state import RETRY_AFTER_S, EdgeState, edge_state
 from .streams import STREAM_PROBLEMS
 
-EVENT_SCHEMAS = ("trade", "quote", "book", "reset", "status", "disconnect")
+EVENT_SCHEMAS = ("trade", "quote", "book", "bar", "reset", "status", "disconnect")
 FEED_PROBLEMS = {503: STREAM_PROBLEMS[503]}
 
 router = APIRouter()
@@ -27,6 +28,7 @@ Edge = Annotated[EdgeState, Depends(edge_state)]
 
 @router.get("/symbols", summary="Symbols the feed serves", responses=FEED_PROBLEMS)
 async def list_symbols(request: Request, edge: Edge) -> JSONResponse:
+    check_known(request.query_params.keys(), ("token",))
     if edge.verifier is not None:
         authorize(edge.verifier, request, [])
     edge.require_ready()
@@ -93,7 +95,7 @@ def _resource(name: str) -> str:
 
 @router.get(
     "/schemas/{name}.json",
-    summary="JSON Schema of an SSE event's data (trade, quote, book, reset, status, disconnect)",
+    summary="JSON Schema of an SSE event's data (" + ", ".join(EVENT_SCHEMAS) + ")",
     responses={404: STREAM_PROBLEMS[404]},
 )
 async def event_schema(name: str) -> JSONResponse:

@@ -99,6 +99,12 @@ class Outbox:
         self.ended = False
 
     @property
+    def backlogged(self) -> bool:
+        """More than a quarter of either bound queued: a producer that can wait for the client
+        (a resume's catch-up reading history) should, rather than make it a slow consumer."""
+        return self.queued > self._event_limit // 4 or self.queued_bytes > self._byte_limit // 4
+
+    @property
     def behind(self) -> bool:
         """True while quotes conflate (the queue passed half its event limit)."""
         return self._conflating is not None

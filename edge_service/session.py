@@ -43,6 +43,8 @@ from .upstream import TickDispatch, TickSource
 
 log = logging.getLogger(__name__)
 
+BACKLOG_WAIT_S = 0.005
+"""How often a catch-up that is ahead of its client looks again (see Outbox.backlogged)."""
 KIND_TO_TYPE = {"trade": tick_pb2.TICK_TYPE_TRADE, "quote": tick_pb2.TICK_TYPE_QUOTE}
 
 
@@ -298,6 +300,10 @@ class ClientSession:
                     continue
                 elif isinstance(event, Ticks):
                     queue_history(event.batch, self, after_reset, books)
+                    # At the client's pace; polled: an Event in every outbox would cost all
+                    # streams memory for the few catching up.
+                    while self.outbox.backlogged and not self.outbox.ended:  # noqa: ASYNC110
+                        await asyncio.sleep(BACKLOG_WAIT_S)
                 else:
                     continue  # symbol states reach the client through the shared source
                 after_reset = False

@@ -35,13 +35,14 @@ from .upstream import SymbolUpstream, UpstreamUnavailable
 
 SSE_DESCRIPTION = (
     "Server-Sent Events (WHATWG HTML, 'Server-sent events'). Each tick is `event: trade`, "
-    "`event: quote` or `event: book` with `id: <epoch>-<offset>` and `data:` one line of JSON "
-    "(the proto3 JSON mapping of tickstream.v1.Tick; a book event's body is the top `depth` "
-    "levels a side after the update, as a snapshot). Also `event: reset` (resume point not "
+    "`event: quote`, `event: book` or `event: bar` with `id: <epoch>-<offset>` and `data:` one "
+    "line of JSON (the proto3 JSON mapping of tickstream.v1.Tick; a book event's body is the "
+    "top `depth` levels a side after the update, as a snapshot; a bar is an OHLCV candle, "
+    "`final` once closed). Also `event: reset` (resume point not "
     "honoured; data gives reason and epoch), `event: status` (a symbol turned stale or live "
     "again; no id) and `event: disconnect` (the edge ends the stream; data gives the reason). "
     "Comment heartbeats every 15 s at most; a `retry:` hint first. The `data` of each event "
-    "type has a JSON Schema at `/schemas/{trade,quote,book,reset,status,disconnect}.json`. "
+    "type has a JSON Schema at `/schemas/{trade,quote,book,bar,reset,status,disconnect}.json`. "
     "An unknown query parameter is a 400 problem naming it."
 )
 STREAM_PROBLEMS: dict[int | str, dict[str, Any]] = {

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
+from tickstream.v1 import ingest_pb2, tick_pb2
 
 from tests.conftest import Stack, running_stack
+from tests.integration.test_publish import Refused, batch, publish
 from tests.support import (
     BTC_FILE,
     SseEvent,
     collect,
+    iter_events,
     metric_value,
     replay_args,
     services,
@@ -203,3 +206,66 @@ async def test_a_broken_update_chain_stops_the_book_never_a_wrong_one(
     ids = assert_books_match(books, expected)
     assert ids[-1] == stop_at
     assert books[-1].offset < max(e.offset for e in events if e.event == "trade")
+
+
+def book_draft(
+    bids: list[tuple[str, str]], asks: list[tuple[str, str]], snapshot: bool
+) -> ingest_pb2.TickDraft:
+    update = tick_pb2.BookUpdate(snapshot=snapshot)
+    update.bids.extend(tick_pb2.BookLevel(price=p, size=s) for p, s in bids)
+    update.asks.extend(tick_pb2.BookLevel(price=p, size=s) for p, s in asks)
+    return ingest_pb2.TickDraft(symbol="PROD", book=update)
+
+
+async def test_a_producer_publishes_books_and_trades_and_latest_shows_them(
+    http: httpx.AsyncClient,
+) -> None:
+    """Books through Publish (a snapshot, then an update removing and adding levels) reach an
+    SSE client at its depth; the producer's trades make bars; ``GET /latest`` shows the latest
+    trade, book and open bars; a bar from a producer is refused naming the field."""
+    feed = start_feed("--source", "none")
+    with services(feed):
+        edge = start_edge(feed.port)
+        with services(edge):
+            target = f"127.0.0.1:{feed.port}"
+            snapshot = book_draft([("10.0", "1"), ("9.5", "2")], [("10.5", "3")], snapshot=True)
+            update = book_draft([("10.0", "0"), ("9.75", "4")], [("10.25", "1")], snapshot=False)
+            trade = ingest_pb2.TickDraft(
+                symbol="PROD", trade=tick_pb2.Trade(price="10.1", size="2", trade_id="1")
+            )
+            await publish(target, [batch(snapshot, trade)])
+            base = f"http://127.0.0.1:{edge.port}"
+            url = f"{base}/sse/PROD?types=book&depth=1&snapshot=true"
+            async with http.stream("GET", url) as response:
+                events = []
+                async for event in _events(response):
+                    events.append(event)
+                    if len(events) == 1:
+                        await publish(target, [batch(update)])
+                    if len(events) == 2:
+                        break
+            tops = [event_top_any(e) for e in events]
+            assert tops == [([("10.0", "1")], [("10.5", "3")]), ([("9.75", "4")], [("10.25", "1")])]
+            latest = (await http.get(f"{base}/latest?symbols=PROD")).json()["symbols"]["PROD"]
+            assert latest["trade"]["trade"]["price"] == "10.1"
+            assert [lv["price"] for lv in latest["book"]["book"]["bids"]] == ["9.75", "9.5"]
+            assert set(latest["bars"]) == {"1s", "1m"}
+            assert latest["bars"]["1m"]["bar"]["open"] == "10.1"
+            bar = ingest_pb2.TickDraft(symbol="PROD", bar=tick_pb2.Bar(interval="1m"))
+            with pytest.raises(Refused) as refused:
+                await publish(target, [batch(bar)])
+            assert "ticks[0].bar" in refused.value.details
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[SseEvent]:
+    async for event in iter_events(response):
+        if event.event == "book":
+            yield event
+
+
+def event_top_any(event: SseEvent) -> Top:
+    book = json.loads(event.data)["book"]
+    return (
+        [(level["price"], level["size"]) for level in book["bids"]],
+        [(level["price"], level["size"]) for level in book["asks"]],
+    )

@@ -14,7 +14,7 @@ from tests.support import collect
 
 async def schemas(http: httpx.AsyncClient, base: str) -> dict[str, dict[str, object]]:
     found = {}
-    for name in ("trade", "quote", "reset", "status", "disconnect"):
+    for name in ("trade", "quote", "book", "bar", "reset", "status", "disconnect"):
         response = await http.get(f"{base}/schemas/{name}.json")
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/schema+json"
@@ -37,13 +37,22 @@ async def test_real_events_validate_against_their_schemas(
         500,
     )
     events += await collect(
+        http,
+        f"{base}/sse?symbols=BTCUSDT,ETHUSDT&types=book,bar&depth=100&last_event_id=earliest",
+        1_000,
+        kinds=("book", "bar"),
+    )
+    events += await collect(
+        http, f"{base}/sse/ETHUSDT?types=bar,book&snapshot=true", 3, kinds=("book", "bar")
+    )
+    events += await collect(
         http, f"{base}/sse/BTCUSDT?snapshot=true", 2, headers={"Last-Event-ID": "bogus"}
     )
     seen = set()
     for event in events:
         jsonschema.validate(json.loads(event.data), by_name[event.event], format_checker=checker)
         seen.add(event.event)
-    assert seen == {"trade", "quote", "reset"}
+    assert seen == {"trade", "quote", "book", "bar", "reset"}
     for reason in ("slow_consumer", "shutdown", "feed_unavailable", "symbol_unavailable"):
         frame = encode_control("disconnect", {"reason": reason, "message": "m"}).decode()
         data = json.loads(frame.split("data: ", 1)[1].split("\n", 1)[0])
