@@ -21,6 +21,7 @@ from .streams import STREAM_PROBLEMS
 
 EVENT_SCHEMAS = ("trade", "quote", "book", "bar", "reset", "status", "disconnect")
 FEED_PROBLEMS = {503: STREAM_PROBLEMS[503]}
+CHART_LIBRARY = "static/vendor/lightweight-charts.standalone.production.js"  # see its README
 
 router = APIRouter()
 Edge = Annotated[EdgeState, Depends(edge_state)]
@@ -36,6 +37,7 @@ async def list_symbols(request: Request, edge: Edge) -> JSONResponse:
     return JSONResponse(
         {
             "epoch": edge.feed.epoch,
+            "barIntervals": edge.feed.bar_intervals,
             "symbols": [
                 json_format.MessageToDict(info, always_print_fields_with_no_presence=True)
                 for info in edge.feed.symbols.values()
@@ -103,6 +105,24 @@ async def event_schema(name: str) -> JSONResponse:
         raise Problem(404, "not-found", "Not found", f"event types: {', '.join(EVENT_SCHEMAS)}")
     return JSONResponse(
         json.loads(_resource(f"schemas/{name}.json")), media_type="application/schema+json"
+    )
+
+
+@cache
+def _chart_library() -> bytes:
+    return resources.files(__package__).joinpath(CHART_LIBRARY).read_bytes()
+
+
+@router.get(
+    "/static/lightweight-charts.js",
+    summary="The chart library of the live page (TradingView Lightweight Charts, Apache-2.0)",
+    response_class=Response,
+)
+async def chart_library() -> Response:
+    return Response(
+        _chart_library(),
+        media_type="text/javascript",
+        headers={"Cache-Control": "public, max-age=86400"},
     )
 
 

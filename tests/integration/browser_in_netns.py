@@ -62,6 +62,8 @@ CHROMIUM_ARGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
 WAIT_MS = 30_000
+STREAM = "/sse?snapshot=true&types=trade,quote,book,bar&intervals=1m&depth=10&max_rate=4&symbols="
+"""The page's one stream, before its symbols."""
 PRICE = re.compile(r"^[0-9]+\.[0-9]{8}$")
 
 # Counts EventSources (and how many are open at once) and records the page's states, before any
@@ -125,6 +127,70 @@ def recorded_btc_trade_prices() -> set[str]:
             if message.get("stream", "").endswith("@trade"):
                 prices.add(message["data"]["p"])
     return prices
+
+
+def recorded_btc_book_prices() -> set[str]:
+    """Every price level of BTCUSDT's recorded depth snapshot and diffs."""
+    prices = set()
+    with gzip.open(BTC_FILE, "rt") as lines:
+        for line in lines:
+            message = json.loads(line.partition(" ")[2])
+            if "lastUpdateId" in message:
+                levels = message["bids"] + message["asks"]
+            elif "@depth" in message.get("stream", ""):
+                levels = message["data"]["b"] + message["data"]["a"]
+            else:
+                continue
+            prices.update(price for price, _ in levels)
+    return prices
+
+
+DETAIL_JS = """() => {
+  const ladder = document.getElementById("ladder"), tape = document.getElementById("tape");
+  const chart = document.getElementById("chart");
+  return {
+    symbol: document.getElementById("detail-symbol").textContent,
+    candles: Number(chart.dataset.candles), canvases: chart.querySelectorAll("canvas").length,
+    library: typeof window.LightweightCharts,
+    bestBid: ladder.dataset.bestBid || null, bestAsk: ladder.dataset.bestAsk || null,
+    updates: Number(ladder.dataset.updates || 0),
+    levels: [...ladder.querySelectorAll("tr.bid td:first-child, tr.ask td:first-child")]
+      .map(td => td.dataset.value),
+    bars: [...ladder.querySelectorAll("span.bar")].map(s => parseFloat(s.style.width)),
+    trades: Number(tape.dataset.trades || 0),
+    tape: [...tape.querySelectorAll("li span:nth-child(2)")].map(s => s.dataset.value),
+  };
+}"""
+
+
+def check_detail(page: Page, trade_prices: set[str], book_prices: set[str]) -> str:
+    """The detail panel of BTCUSDT: candles drawn, a ladder of recorded levels that updates, a
+    tape of recorded trades. What it saw, as one line."""
+    page.wait_for_function(
+        """() => Number(document.getElementById("chart").dataset.candles) >= 1
+             && document.getElementById("ladder").dataset.bestBid
+             && Number(document.getElementById("tape").dataset.trades) >= 3""",
+        timeout=WAIT_MS,
+    )
+    first = page.evaluate(DETAIL_JS)
+    assert first["symbol"] == "BTCUSDT" and first["library"] == "object", first
+    assert first["canvases"] >= 1, "the chart draws on canvases"
+    assert Decimal(first["bestBid"]) < Decimal(first["bestAsk"]), first
+    assert len(first["levels"]) == 20 and set(first["levels"]) <= book_prices, first
+    assert max(first["bars"]) == 100.0 and min(first["bars"]) >= 0, "size bars, widest full"
+    assert first["tape"] and set(first["tape"]) <= trade_prices, first
+    page.wait_for_function(
+        "n => Number(document.getElementById('ladder').dataset.updates) > n",
+        arg=first["updates"] + 5,
+        timeout=WAIT_MS,
+    )
+    later = page.evaluate(DETAIL_JS)
+    assert set(later["levels"]) <= book_prices
+    return (
+        f"detail BTCUSDT: {later['candles']} candles, ladder best {later['bestBid']} / "
+        f"{later['bestAsk']} after {later['updates']} book updates, tape {later['trades']} "
+        f"trades (prices and levels in the recording)"
+    )
 
 
 def probe(page: Page) -> dict[str, Any]:
@@ -211,7 +277,7 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name))
 
 
-def run(page: Page, prices: set[str]) -> None:
+def run(page: Page, prices: set[str], book_prices: set[str]) -> None:
     feed_args = replay_args(BTC_FILE, ETH_FILE, speed="1", loop=True)
     feed = start_feed(*feed_args)
     edge = start_edge(feed.port)
@@ -237,22 +303,25 @@ def run(page: Page, prices: set[str]) -> None:
             f"sparkline {btc['sparkPoints']} points"
         )
         screenshot(page, "page-1-live.png")
+        print(check_detail(page, prices, book_prices))
 
         # 2. The picker reopens the one EventSource on another symbol set, without a cursor.
         created = probe(page)["created"]
         page.uncheck('#picker input[data-symbol="ETHUSDT"]')
         page.wait_for_function(
-            """() => !document.querySelector('#rows tr[data-symbol="ETHUSDT"]')
+            """url => !document.querySelector('#rows tr[data-symbol="ETHUSDT"]')
                  && document.getElementById('stream-url').textContent
-                    === '/sse?snapshot=true&symbols=BTCUSDT'""",
+                    === url""",
+            arg=STREAM + "BTCUSDT",
             timeout=WAIT_MS,
         )
         wait_live_trades(page, epoch + "-")
         page.check('#picker input[data-symbol="ETHUSDT"]')
         page.wait_for_function(
-            """() => document.querySelectorAll('#rows tr').length === 2
+            """url => document.querySelectorAll('#rows tr').length === 2
                  && document.getElementById('stream-url').textContent
-                    === '/sse?snapshot=true&symbols=BTCUSDT%2CETHUSDT'""",
+                    === url""",
+            arg=STREAM + "BTCUSDT%2CETHUSDT",
             timeout=WAIT_MS,
         )
         wait_live_trades(page, epoch + "-")
@@ -385,6 +454,7 @@ def run_stale(page: Page) -> None:
 def main() -> int:
     ip("link", "set", "lo", "up")
     prices = recorded_btc_trade_prices()
+    book_prices = recorded_btc_book_prices()
     errors: list[str] = []
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
@@ -392,13 +462,13 @@ def main() -> int:
             executable_path=CHROMIUM,
             headless=True,
             args=CHROMIUM_ARGS,
-            viewport={"width": 1100, "height": 300},
+            viewport={"width": 1400, "height": 820},
         )
         try:
             page = browser.new_page()
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.add_init_script(PROBE)
-            run(page, prices)
+            run(page, prices, book_prices)
             stale_page = browser.new_page()
             stale_page.on("pageerror", lambda error: errors.append(str(error)))
             run_stale(stale_page)

@@ -46,6 +46,7 @@ def test_live_page_shows_real_prices_and_survives_feed_and_edge_restarts() -> No
     assert result.returncode == 0, result.stdout + result.stderr
     for seen in (
         "(in the recording)",
+        "(prices and levels in the recording)",
         "picker: ETHUSDT off and on",
         "feed restart: states",
         "feed down during a symbol change",
