@@ -21,7 +21,8 @@ SOURCE = Path(__file__).resolve().parents[2] / "bench" / "sseload.c"
 def test_load_client_counts_every_event_once_with_contiguous_ids(tmp_path: Path) -> None:
     binary = tmp_path / "sseload"
     subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(SOURCE)], check=True)
-    with contextmanager(running_stack)(["--symbols", "BENCH", "--rate", "200"]) as stack:
+    feed_args = ["--symbols", "BENCH", "--rate", "200", "--bar-intervals", ""]  # ids contiguous
+    with contextmanager(running_stack)(feed_args) as stack:
         port = str(stack.edge.port)
         args = [str(binary), "127.0.0.1", port, "/sse/BENCH", "5", "2", "--warmup", "0.5"]
         result = subprocess.run(

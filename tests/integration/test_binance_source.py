@@ -113,8 +113,8 @@ async def test_feed_gets_every_trade_and_quote_once_across_two_drops() -> None:
     started = time.monotonic()
     exchange = ExchangeServer(messages, drop_every=DROP_EVERY, drops=2, rewind=REWIND)
     with exchange:
-        args = ("--source", "binance", "--symbols", ",".join(SYMBOLS), "--binance-url")
-        feed = start_feed(*args, exchange.url)
+        args = ("--source", "binance", "--symbols", ",".join(SYMBOLS), "--bar-intervals", "")
+        feed = start_feed(*args, "--binance-url", exchange.url)  # no bars: offsets are ticks
         with services(feed):
             assert await asyncio.to_thread(exchange.wait_finished, 30), feed.output()
             ticks, head = await read_history(f"127.0.0.1:{feed.port}", len(served))
