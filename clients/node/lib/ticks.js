@@ -66,6 +66,31 @@ function tickToJson(tick) {
   if (tick.ingestTime) out.ingestTime = timestampToJson(tick.ingestTime);
   if (tick.trade) out.trade = tradeToJson(tick.trade);
   else if (tick.quote) out.quote = quoteToJson(tick.quote);
+  else if (tick.book) out.book = bookToJson(tick.book);
+  else if (tick.bar) out.bar = barToJson(tick.bar);
+  return out;
+}
+
+// A BookUpdate: the changed levels, or with `snapshot` the whole book (see tick.proto).
+function bookToJson(book) {
+  const out = {};
+  const levels = side => side.map(l => { const o = {}; putIfSet(o, "price", l.price); putIfSet(o, "size", l.size); return o; });
+  if (book.bids && book.bids.length) out.bids = levels(book.bids);
+  if (book.asks && book.asks.length) out.asks = levels(book.asks);
+  if (book.snapshot) out.snapshot = true;
+  putIfNonZero(out, "firstUpdateId", book.firstUpdateId);
+  putIfNonZero(out, "lastUpdateId", book.lastUpdateId);
+  return out;
+}
+
+// A Bar: an OHLCV candle of the symbol's trades, exact decimal strings.
+function barToJson(bar) {
+  const out = {};
+  putIfSet(out, "interval", bar.interval);
+  if (bar.start) out.start = timestampToJson(bar.start);
+  for (const name of ["open", "high", "low", "close", "volume", "quoteVolume"]) putIfSet(out, name, bar[name]);
+  putIfNonZero(out, "trades", bar.trades);
+  if (bar.final) out.final = true;
   return out;
 }
 

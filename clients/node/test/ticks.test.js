@@ -45,6 +45,26 @@ test("a decoded tick becomes the edge's SSE JSON, keys in field order, defaults 
   });
 });
 
+test("books and bars map as the edge's JSON does", () => {
+  const book = tickToJson({
+    symbol: "BTCUSDT", sequence: "2", offset: "9",
+    book: { bids: [{ price: "1.50", size: "0" }], asks: [], snapshot: false, firstUpdateId: "5", lastUpdateId: "7" },
+  });
+  assert.equal(
+    JSON.stringify(book),
+    '{"symbol":"BTCUSDT","sequence":"2","offset":"9","book":{"bids":[{"price":"1.50","size":"0"}],"firstUpdateId":"5","lastUpdateId":"7"}}',
+  );
+  const bar = tickToJson({
+    symbol: "BTCUSDT", sequence: "1", offset: "10",
+    bar: { interval: "1m", start: { seconds: "1723161240", nanos: 0 }, open: "1", high: "2", low: "1", close: "2",
+      volume: "3.5", quoteVolume: "6.0", trades: "2", final: true },
+  });
+  assert.deepEqual(bar.bar, {
+    interval: "1m", start: "2024-08-08T23:54:00Z", open: "1", high: "2", low: "1", close: "2",
+    volume: "3.5", quoteVolume: "6.0", trades: "2", final: true,
+  });
+});
+
 test("drafts are checked with the feed's rules", () => {
   assert.deepEqual(toDraft({ symbol: "ACME", trade: { price: "1.50", size: "2", side: "buy", tradeId: 7 } }), {
     symbol: "ACME",

@@ -20,12 +20,19 @@ from .events import Event, Position, Reset, reset_event, status_event, tick_to_d
 log = logging.getLogger(__name__)
 
 Start: TypeAlias = Position | tuple[str, int] | Literal["earliest"] | None
-TYPE_NAMES = {"trade": tick_pb2.TICK_TYPE_TRADE, "quote": tick_pb2.TICK_TYPE_QUOTE}
+TYPE_NAMES = {
+    "trade": tick_pb2.TICK_TYPE_TRADE,
+    "quote": tick_pb2.TICK_TYPE_QUOTE,
+    "book": tick_pb2.TICK_TYPE_BOOK,
+    "bar": tick_pb2.TICK_TYPE_BAR,
+}
 
 
 def parse_types(types: Iterable[str | int] | None) -> list[int]:
-    """``["trade", "quote"]`` (or ``TickType`` values) as ``TickType`` values; None or empty
-    means every type. Raises ValueError for an unknown name or value."""
+    """``["trade", "quote", "book", "bar"]`` (or ``TickType`` values) as ``TickType`` values;
+    None or empty means trades and quotes (the feed's default). With ``"book"``, each symbol's
+    book comes first as one snapshot tick (``tick.book.snapshot``), then its updates. Raises
+    ValueError for an unknown name or value."""
     parsed: list[int] = []
     for kind in types or ():
         value = TYPE_NAMES.get(kind) if isinstance(kind, str) else kind
@@ -291,7 +298,7 @@ def subscribe(
 ) -> Subscription:
     """Subscribe to ``symbols`` on the feed at ``target`` ("host:port").
 
-    ``types``: ``"trade"``/``"quote"`` (None: both). ``after``: None starts live (with
+    ``types``: ``"trade"``/``"quote"``/``"book"``/``"bar"`` (None: trade and quote). ``after``: None starts live (with
     ``snapshot=True``, the latest trade and quote of each symbol come first, on the first
     connection only), ``"earliest"`` replays the retained history first, ``(epoch, offset)``
     resumes after that position (e.g. a saved :attr:`Subscription.position`). ``token`` is sent
