@@ -298,7 +298,8 @@ def subscribe(
 ) -> Subscription:
     """Subscribe to ``symbols`` on the feed at ``target`` ("host:port").
 
-    ``types``: ``"trade"``/``"quote"``/``"book"``/``"bar"`` (None: trade and quote). ``after``: None starts live (with
+    ``types``: ``"trade"``/``"quote"``/``"book"``/``"bar"`` (None: trade and quote).
+    ``after``: None starts live (with
     ``snapshot=True``, the latest trade and quote of each symbol come first, on the first
     connection only), ``"earliest"`` replays the retained history first, ``(epoch, offset)``
     resumes after that position (e.g. a saved :attr:`Subscription.position`). ``token`` is sent
