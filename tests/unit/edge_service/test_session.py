@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from edge_service.encoding import EncodedTick
 from edge_service.upstream import TickDispatch
 from tests.unit.edge_service.fakes import (
     FakeUpstream,
@@ -86,3 +87,25 @@ def test_clients_of_the_same_types_share_one_joined_write() -> None:
     for client in (first, second):
         client.on_ticks(a, dispatch)
     assert written(first) is written(second), "the same bytes object, joined once"
+
+
+def test_a_client_behind_gets_books_and_open_bars_conflated_apart_from_quotes() -> None:
+    """Each (symbol, kind) conflates on its own: the newest book of each depth, the newest open
+    bar of each interval, the newest quote; final bars and trades are all kept."""
+    a = FakeUpstream("A")
+    client = live(a, ["A"], queue_limit=10)
+    client.kinds = frozenset({"trade", "quote", "book:10", "bar:1m", "bar:1m:final"})
+    a.deliver(trades(a, [1, 2, 3, 4, 5, 6]), watermark=6)  # now behind
+    a.deliver(
+        [
+            kind_tick(7, "book:10"), kind_tick(8, "quote"), kind_tick(9, "bar:1m"),
+            kind_tick(10, "book:10"), kind_tick(11, "bar:1m:final"), kind_tick(12, "bar:1m"),
+            kind_tick(13, "quote"), kind_tick(14, "bar:1m"),
+        ],
+        14,
+    )  # fmt: skip
+    assert offsets_sent(client) == [1, 2, 3, 4, 5, 6, 10, 11, 13, 14]
+
+
+def kind_tick(offset: int, kind: str) -> EncodedTick:
+    return EncodedTick(offset, "A", kind, f"id: e-{offset}\ndata: x\n\n".encode(), 0)
