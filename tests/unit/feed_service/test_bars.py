@@ -72,7 +72,7 @@ def test_a_refused_batch_changes_nothing() -> None:
     maker.on_trades([trade(1.0, "1")], 0)[1]()
     refused, _ = maker.on_trades([trade(2.0, "2"), trade(2.5, "3")], 0)  # never committed
     assert refused
-    again, commit = maker.on_trades([trade(2.0, "2")], 0)
+    again, _ = maker.on_trades([trade(2.0, "2")], 0)
     assert bars_of(again)[0] == ("1s", 1, True, "1", 1)
     assert bars_of(again)[1:] == [("1s", 2, False, "2", 1)]
 
