@@ -14,6 +14,8 @@ that head as an SSE cursor: a client that opens ``/sse/{symbol}?types=bar`` with
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated, Any
 
 import grpc
@@ -28,7 +30,7 @@ from .auth import authorize
 from .cursor import format_event_id
 from .params import check_known, parse_depth, parse_symbols
 from .problems import Problem
-from .reader import Opened, Progress, Reset, SubscribeReader, Ticks
+from .reader import FeedEvent, Opened, Progress, Reset, SubscribeReader, Ticks
 from .state import RETRY_AFTER_S, EdgeState, edge_state
 from .streams import STREAM_PROBLEMS, require_known
 from .upstream import UPSTREAM_TYPES
@@ -98,19 +100,28 @@ async def read_latest(
 ) -> tuple[str, int, list[tick_pb2.Tick]]:
     """(epoch, head, the snapshot's ticks) of a live Subscribe with ``snapshot``, every type."""
     request = feed_pb2.SubscribeRequest(symbols=symbols, types=UPSTREAM_TYPES, snapshot=True)
-    call = stub.Subscribe(request, timeout=READ_TIMEOUT_S)
-    reader = SubscribeReader()
     epoch, head = "", 0
-    try:
-        async for response in call:
-            event = reader.read(response)
+    async with aclosing(_events(stub, request)) as events:
+        async for event in events:
             if isinstance(event, Opened):
                 epoch, head = event.epoch, event.head
             elif isinstance(event, Ticks):
                 return epoch, head, list(event.batch.ticks)
+    return epoch, head, []
+
+
+async def _events(
+    stub: feed_pb2_grpc.FeedServiceStub, request: feed_pb2.SubscribeRequest
+) -> AsyncIterator[FeedEvent]:
+    """The events of one Subscribe call (READ_TIMEOUT_S at most), cancelled when closed."""
+    call = stub.Subscribe(request, timeout=READ_TIMEOUT_S)
+    reader = SubscribeReader()
+    try:
+        async for response in call:
+            if (event := reader.read(response)) is not None:
+                yield event
     finally:
         call.cancel()
-    return epoch, head, []
 
 
 def _unavailable(error: grpc.aio.AioRpcError | TimeoutError) -> Problem:
@@ -196,14 +207,11 @@ async def read_bars(
     request = feed_pb2.SubscribeRequest(
         symbols=[symbol], types=[tick_pb2.TICK_TYPE_BAR], earliest=True, progress_updates=True
     )
-    call = stub.Subscribe(request, timeout=READ_TIMEOUT_S)
-    reader = SubscribeReader()
     finals: deque[tick_pb2.Bar] = deque(maxlen=limit)
     filling: tick_pb2.Bar | None = None
     epoch, head = "", 0
-    try:
-        async for response in call:
-            event = reader.read(response)
+    async with aclosing(_events(stub, request)) as events:
+        async for event in events:
             if isinstance(event, Opened):
                 epoch, head = event.epoch, event.head
             elif isinstance(event, Reset):
@@ -218,8 +226,6 @@ async def read_bars(
                             filling = bar
             if isinstance(event, (Ticks, Progress)) and _passed(event, head):
                 break
-    finally:
-        call.cancel()
     bars = [json_format.MessageToDict(bar) for bar in finals]
     if filling is not None and (not finals or _later(filling, finals[-1])):
         bars.append(json_format.MessageToDict(filling))
