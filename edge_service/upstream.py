@@ -189,7 +189,7 @@ class SymbolUpstream:
         self._loop = asyncio.get_running_loop()
         self._last_message = self._loop.time()
         self._thread = threading.Thread(
-            target=self._read_forever, name=f"upstream-{self.symbol}", daemon=True
+            target=_read_forever, args=(self,), name=f"upstream-{self.symbol}", daemon=True
         )
         self._thread.start()
         self._watchdog = asyncio.create_task(_watch_stalls(self), name=f"watchdog-{self.symbol}")
@@ -252,33 +252,6 @@ class SymbolUpstream:
                 self._loop.call_soon_threadsafe(self._drain)
             except RuntimeError:  # the loop closed under us: shutting down
                 self._stopping.set()
-
-    def _read_forever(self) -> None:
-        attempt = 0
-        while not self._stopping.is_set():
-            call = self._stub().Subscribe(subscribe_request(self.symbol, self._position))
-            self._call = call
-            self._post(_CONNECTED)
-            try:
-                for response in call:
-                    attempt = 0
-                    self._post(response)
-                if not self._stopping.is_set():
-                    log.warning("upstream %s: stream ended by the feed; reconnecting", self.symbol)
-            except grpc.RpcError as error:
-                if self._stopping.is_set():
-                    return
-                code = error.code()
-                if code in TERMINAL_CODES:
-                    self._post(f"{code.name}: {error.details()}")
-                    return
-                log.warning(
-                    "upstream %s: %s (%s); reconnecting", self.symbol, code.name, error.details()
-                )
-            self._post(None)  # disconnected
-            if self._stopping.wait(backoff_delay(attempt)):
-                return
-            attempt += 1
 
     # ----- event loop ----------------------------------------------------------------------
 
@@ -401,6 +374,36 @@ class SymbolUpstream:
         self.ready.set()
         for listener in list(self.listeners):
             listener.on_closed(self, f"{self.symbol}: {reason}")
+
+
+def _read_forever(upstream: SymbolUpstream) -> None:
+    """The reader thread: the upstream's Subscribe calls, one after another, every message
+    posted to its inbox; reconnects with backoff until stopped or refused for good."""
+    attempt = 0
+    while not upstream._stopping.is_set():
+        call = upstream._stub().Subscribe(subscribe_request(upstream.symbol, upstream._position))
+        upstream._call = call
+        upstream._post(_CONNECTED)
+        try:
+            for response in call:
+                attempt = 0
+                upstream._post(response)
+            if not upstream._stopping.is_set():
+                log.warning("upstream %s: stream ended by the feed; reconnecting", upstream.symbol)
+        except grpc.RpcError as error:
+            if upstream._stopping.is_set():
+                return
+            code = error.code()
+            if code in TERMINAL_CODES:
+                upstream._post(f"{code.name}: {error.details()}")
+                return
+            log.warning(
+                "upstream %s: %s (%s); reconnecting", upstream.symbol, code.name, error.details()
+            )
+        upstream._post(None)  # disconnected
+        if upstream._stopping.wait(backoff_delay(attempt)):
+            return
+        attempt += 1
 
 
 async def _watch_stalls(upstream: SymbolUpstream) -> None:
