@@ -55,13 +55,18 @@ def running_stack(feed_args: list[str], edge_args: tuple[str, ...] = ()) -> Iter
         stack.feed.stop()
 
 
+BARS = ("--bar-intervals", "1s,1m")
+"""What a feed of the tests needs to make bars (start_feed turns them off otherwise)."""
+
+
 @pytest.fixture(scope="session")
 def replay_stack() -> Iterator[Stack]:
     """Both bundled real files replayed as fast as possible, once: the history is the whole
-    recording (74,863 ticks), then the feed only heartbeats. Its symbols are not reported
-    stale (a day's stale time): the tests on it are about history, not liveness."""
+    recording (74,863 ticks) and its 1s and 1m bars, then the feed only heartbeats. Its
+    symbols are not reported stale (a day's stale time): the tests on it are about history,
+    not liveness."""
     yield from running_stack(
-        [*replay_args(BTC_FILE, ETH_FILE, speed="0"), "--stale-after", "86400"]
+        [*replay_args(BTC_FILE, ETH_FILE, speed="0"), "--stale-after", "86400", *BARS]
     )
 
 

@@ -176,7 +176,14 @@ def nats_url(*servers: ServiceProcess) -> str:
 
 def start_feed(*args: str, port: int = 0, wait_ready: bool = True) -> ServiceProcess:
     """A feed on 127.0.0.1 (free port unless ``port``), metrics on a free port; waits for
-    health SERVING unless ``wait_ready`` is False."""
+    health SERVING unless ``wait_ready`` is False.
+
+    It makes no bars unless ``args`` name ``--bar-intervals``: an open bar's updates follow the
+    wall clock, so with bars a replay's offsets are not the same from run to run, and most tests
+    count on the recording's offsets (and on trades and quotes being every offset of a
+    synthetic symbol). The tests of bars, ``/latest`` and the page ask for them."""
+    if "--bar-intervals" not in args:
+        args = (*args, "--bar-intervals", "")
     feed = spawn("feed", "feed_service", ["--port", str(port), "--metrics-port", "0", *args])
     try:
         match = feed.wait_for_line(r"feed_service listening on 127\.0\.0\.1:(\d+)")

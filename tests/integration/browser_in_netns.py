@@ -278,7 +278,7 @@ def screenshot(page: Page, name: str) -> None:
 
 
 def run(page: Page, prices: set[str], book_prices: set[str]) -> None:
-    feed_args = replay_args(BTC_FILE, ETH_FILE, speed="1", loop=True)
+    feed_args = [*replay_args(BTC_FILE, ETH_FILE, speed="1", loop=True), "--bar-intervals", "1m"]
     feed = start_feed(*feed_args)
     edge = start_edge(feed.port)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import BARS, Stack
 from tests.support import (
     BTC_FILE,
     SseEvent,
@@ -121,7 +121,7 @@ async def test_bars_resume_by_last_event_id_across_an_edge_restart(
     """Read part of the bars, stop the edge, start another, resume with the last id: every final
     bar once across both streams, none missing."""
     want = closed(expected)
-    feed = start_feed(*replay_args(BTC_FILE, speed="0"))
+    feed = start_feed(*replay_args(BTC_FILE, speed="0"), *BARS)
     with services(feed):
         first_edge = start_edge(feed.port)
         path = "/sse/BTCUSDT?types=bar&intervals=1s,1m"

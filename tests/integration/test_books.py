@@ -14,7 +14,7 @@ import httpx
 import pytest
 from tickstream.v1 import ingest_pb2, tick_pb2
 
-from tests.conftest import Stack, running_stack
+from tests.conftest import BARS, Stack, running_stack
 from tests.integration.test_publish import Refused, batch, publish
 from tests.support import (
     BTC_FILE,
@@ -223,7 +223,7 @@ async def test_a_producer_publishes_books_and_trades_and_latest_shows_them(
     """Books through Publish (a snapshot, then an update removing and adding levels) reach an
     SSE client at its depth; the producer's trades make bars; ``GET /latest`` shows the latest
     trade, book and open bars; a bar from a producer is refused naming the field."""
-    feed = start_feed("--source", "none")
+    feed = start_feed("--source", "none", *BARS)
     with services(feed):
         edge = start_edge(feed.port)
         with services(edge):
