@@ -79,8 +79,9 @@ def test_parse_types() -> None:
     assert parse_types(None) == []
     assert parse_types(["trade", "quote"]) == [tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE]
     assert parse_types([tick_pb2.TICK_TYPE_QUOTE]) == [tick_pb2.TICK_TYPE_QUOTE]
+    assert parse_types(["book", "bar"]) == [tick_pb2.TICK_TYPE_BOOK, tick_pb2.TICK_TYPE_BAR]
     with pytest.raises(ValueError, match="unknown tick type"):
-        parse_types(["book"])
+        parse_types(["candle"])
 
 
 def test_parse_start() -> None:
