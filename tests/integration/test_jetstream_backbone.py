@@ -64,8 +64,10 @@ async def ticks_from(
     symbols: tuple[str, ...] = ("BTCUSDT",),
     after: feed_pb2.StreamPosition | None = None,
 ) -> tuple[list[feed_pb2.SubscribeResponse], list[tick_pb2.Tick]]:
-    """The responses of a Subscribe (from earliest unless ``after``) until ``count`` ticks."""
-    request = feed_pb2.SubscribeRequest(symbols=symbols)
+    """The responses of a Subscribe (from earliest unless ``after``) until ``count`` ticks, of
+    every type the replay stores (trades, quotes, books: its offsets have no holes)."""
+    every = [tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE, tick_pb2.TICK_TYPE_BOOK]
+    request = feed_pb2.SubscribeRequest(symbols=symbols, types=every)
     if after is not None:
         request.after.CopyFrom(after)
     else:
@@ -77,7 +79,9 @@ async def ticks_from(
         async with asyncio.timeout(60):
             async for response in call:
                 responses.append(response)
-                ticks.extend(response.ticks.ticks)
+                # a resume first gets the book as of its start: a value, not a later tick
+                start = after.offset if after is not None else 0
+                ticks.extend(t for t in response.ticks.ticks if t.offset > start)
                 if len(ticks) >= count:
                     break
         call.cancel()
