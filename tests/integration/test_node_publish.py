@@ -498,4 +498,4 @@ def test_node_library_unit_and_live_tests() -> None:
             check=False,
         )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert re.search(r"^# pass 12$", result.stdout, re.MULTILINE), result.stdout[-2000:]
+    assert re.search(r"^# pass 13$", result.stdout, re.MULTILINE), result.stdout[-2000:]
