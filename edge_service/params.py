@@ -8,7 +8,7 @@ from tickstream_common.symbols import SYMBOL_RULE, is_valid_symbol
 
 from .books import DEFAULT_DEPTH, MAX_DEPTH
 from .problems import Problem
-from .rate import MAX_RATE
+from .rate import MAX_RATE, MIN_RATE
 
 KINDS = ("trade", "quote", "book", "bar")
 DEFAULT_KINDS = frozenset(("trade", "quote"))
@@ -55,20 +55,20 @@ def parse_intervals(raw: list[str] | None, offered: list[str]) -> list[str]:
 
 
 def parse_rate(raw: str | None) -> float | None:
-    """``max_rate=R``: updates per second per symbol and type, above 0 and at most MAX_RATE
-    (absent: None, no cap). Raises Problem 400 for anything else."""
+    """``max_rate=R``: updates per second per symbol and type, MIN_RATE to MAX_RATE (absent:
+    None, no cap). Raises Problem 400 for anything else."""
     if raw is None:
         return None
     try:
         rate = float(raw)
     except ValueError:
         rate = 0.0
-    if not 0 < rate <= MAX_RATE:  # NaN fails too
+    if not MIN_RATE <= rate <= MAX_RATE:  # NaN fails too
         raise Problem(
             400,
             "invalid-max-rate",
             "Invalid max_rate",
-            f"max_rate is updates per second per symbol and type, above 0 and at most {MAX_RATE:g}",
+            f"max_rate is updates per second per symbol and type, {MIN_RATE:g} to {MAX_RATE:g}",
         )
     return rate
 

@@ -17,25 +17,54 @@ from .encoding import EncodedTick, conflates
 
 MAX_RATE = 100.0
 """Above this a cap saves nothing worth its timer."""
+MIN_RATE = 0.1
+"""Below this a client would wait over 10 s for its ticks (and the edge hold them as long)."""
 
 
 class RateGate:
     """Holds one client's live ticks between releases; ``release(ticks)`` writes them."""
 
-    __slots__ = ("_held", "_interval", "_kept", "_last", "_release", "_timer")
+    __slots__ = (
+        "_closed",
+        "_held",
+        "_interval",
+        "_kept",
+        "_last",
+        "_limit",
+        "_overflow",
+        "_release",
+        "_timer",
+    )
 
-    def __init__(self, rate: float, release: Callable[[list[EncodedTick]], None]) -> None:
+    def __init__(
+        self,
+        rate: float,
+        release: Callable[[list[EncodedTick]], None],
+        *,
+        limit: int,
+        overflow: Callable[[], None],
+    ) -> None:
+        """``limit``: ticks held at most (the client's queue bound); past it ``overflow`` is
+        called (the stream ends as a slow consumer) and nothing more is held."""
         self._interval = 1.0 / rate
         self._release = release
+        self._limit, self._overflow = limit, overflow
+        self._closed = False
         self._held: list[EncodedTick] = []  # trades and final bars, in offset order
         self._kept: dict[tuple[str, str], EncodedTick] = {}  # the newest of each other kind
         self._last = 0.0  # loop time of the last release
         self._timer: asyncio.TimerHandle | None = None
 
     def push(self, tick: EncodedTick) -> None:
-        """Hold ``tick`` for the next release (scheduled if none is)."""
+        """Hold ``tick`` for the next release (scheduled if none is); nothing once closed."""
+        if self._closed:
+            return
         if not conflates(tick.kind):
             self._held.append(tick)
+            if len(self._held) > self._limit:
+                self.close()
+                self._overflow()
+                return
         else:
             self._kept[(tick.symbol, tick.kind)] = tick
         if self._timer is None:
@@ -54,6 +83,7 @@ class RateGate:
 
     def close(self) -> None:
         """Drop what is held (the stream ended) and the pending release."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

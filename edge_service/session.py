@@ -87,7 +87,10 @@ def queue_history(
         if tick.HasField("book"):
             events = books.take(tick, depths_of(session.kinds), epoch)
             for event in events if new else ():
-                outbox.push(event.frame)
+                # After a reset, the book as of its point: a value (no id), since its offset
+                # is before the reset's id (ids never go back).
+                frame = event.frame if tick.offset > cursor else snapshot_frame(event)
+                outbox.push(frame)
         elif new:
             outbox.push(encode_tick(tick, epoch).frame)
     session.cursor = max(cursor, batch.head_offset)

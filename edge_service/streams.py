@@ -89,7 +89,9 @@ class StreamOptions:
 async def stream_options(
     types: Annotated[
         list[str] | None,
-        Query(description="Comma-separated tick types: trade, quote, book (default trade,quote)."),
+        Query(
+            description="Comma-separated tick types: trade, quote, book, bar (default trade,quote)."
+        ),
     ] = None,
     snapshot: Annotated[
         bool,
@@ -106,7 +108,7 @@ async def stream_options(
     max_rate: Annotated[
         float | None,
         Query(
-            gt=0,
+            ge=0.1,
             le=100,
             description="At most this many updates a second per symbol and type: quotes and "
             "books conflate to the newest, trades are batched, never dropped.",
@@ -210,7 +212,14 @@ async def open_stream(
         metrics=edge.metrics,
     )
     if rate is not None:
-        session.gate = RateGate(rate, session.release)
+        session.gate = RateGate(
+            rate,
+            session.release,
+            limit=settings.client_queue_events,
+            overflow=lambda: session.end(
+                "slow_consumer", "more trades waited for max_rate than the queue holds"
+            ),
+        )
     return _respond(
         request, edge, session, upstreams, (start, reset, options.snapshot), grant, uncount
     )

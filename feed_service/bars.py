@@ -7,8 +7,9 @@ clock) while it fills, the last change at most a second late (:meth:`BarMaker.du
 feed calls several times a second); and once with ``final=true`` when a trade of a later bar
 shows it closed. Prices stay the trades' decimal strings; volumes are exact decimal sums. A
 trade whose event time is before its symbol's open bar (a producer's clock going back) counts
-in the open bar: a final bar is never reopened. A bar of a symbol that stops trading stays open
-until its next trade.
+in the open bar: a final bar is never reopened; one more than a minute ahead of the feed's clock
+counts at the feed's clock plus a minute. A bar of a symbol that stops trading stays open until
+its next trade.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from tickstream.v1 import ingest_pb2
 INTERVAL = re.compile(r"([1-9][0-9]{0,3})([smhd])")
 UNIT_NS = {"s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 UNIT_NS["d"] = 24 * UNIT_NS["h"]
+MAX_AHEAD_NS = 60_000_000_000
+"""A trade's event time counts at most this far past the feed's clock: one far-future trade
+must not carry the symbol's bars to its time (every later trade would join that bar)."""
 UPDATE_EVERY_S = 1.0
 """An open bar is published at most this often (wall clock)."""
 _EXACT = Context(prec=60)  # sums of products of 40-digit decimals stay exact
@@ -119,6 +123,7 @@ class BarMaker:
             symbol, body = draft.symbol, draft.trade
             timed = draft.HasField("event_time")
             event_ns = draft.event_time.ToNanoseconds() if timed else now_ns
+            event_ns = min(event_ns, now_ns + MAX_AHEAD_NS)
             value, quantity = Decimal(body.price), Decimal(body.size)
             trade = (body.price, value, quantity, _EXACT.multiply(value, quantity), event_ns)
             for interval, length in self._lengths:

@@ -221,6 +221,13 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         )
         return cursor, opening
 
+    def _from_oldest(self, plan: SubscriptionPlan) -> bool:
+        """Whether the stream starts at the oldest retained tick (``earliest``, or a position
+        from another epoch): that point moves while the opening is written, and is followed
+        rather than the subscriber called slow (a full history evicts it at once)."""
+        after = plan.after
+        return plan.start == "earliest" or (after is not None and after.epoch != self._hub.epoch)
+
     def _book_bases(self, plan: SubscriptionPlan, cursor: int) -> list[StoredTick]:
         """For a subscriber to books: each symbol's whole book as of ``cursor``, one snapshot
         tick a symbol (offset: its last update's, at or before ``cursor``), so the updates
@@ -258,11 +265,9 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         symbols, types = plan.symbols, plan.types
         every_type = types >= KNOWN_TYPES
         last_sent = clock()
-        from_earliest = plan.start == "earliest"
+        from_earliest = self._from_oldest(plan)
         while not self.closing:
             if from_earliest:
-                # "The oldest retained tick" moves while the opening messages are written:
-                # follow it rather than call the subscriber slow.
                 cursor = max(cursor, history.earliest_offset - 1)
                 from_earliest = False
             if not history.covers_after(cursor):

@@ -80,6 +80,7 @@ async def test_bad_rate_depth_and_unknown_parameters_are_400(
     base = f"{live_stack.base_url}/sse/BTCUSDT"
     for query, kind in (
         ("max_rate=0", "invalid-max-rate"),
+        ("max_rate=1e-9", "invalid-max-rate"),
         ("max_rate=nan", "invalid-max-rate"),
         ("max_rate=1000", "invalid-max-rate"),
         ("depth=0", "invalid-depth"),

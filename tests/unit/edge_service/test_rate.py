@@ -15,7 +15,12 @@ def tick(offset: int, kind: str, symbol: str = "A") -> EncodedTick:
 async def test_releases_are_spaced_and_keep_the_newest_and_every_trade() -> None:
     loop = asyncio.get_running_loop()
     releases: list[tuple[float, list[int]]] = []
-    gate = RateGate(10.0, lambda ticks: releases.append((loop.time(), [t.offset for t in ticks])))
+    gate = RateGate(
+        10.0,
+        lambda ticks: releases.append((loop.time(), [t.offset for t in ticks])),
+        limit=100,
+        overflow=lambda: None,
+    )
     gate.push(tick(1, "quote"))
     gate.push(tick(2, "trade"))
     gate.push(tick(3, "quote"))
@@ -36,3 +41,15 @@ async def test_releases_are_spaced_and_keep_the_newest_and_every_trade() -> None
     gate.close()
     await asyncio.sleep(0.15)
     assert len(releases) == 2, "nothing after close"
+
+
+async def test_holding_more_trades_than_the_limit_ends_the_stream() -> None:
+    ended: list[bool] = []
+    released: list[list[EncodedTick]] = []
+    gate = RateGate(0.1, released.append, limit=3, overflow=lambda: ended.append(True))
+    for offset in range(1, 5):
+        gate.push(tick(offset, "trade"))
+    assert ended == [True], "the fourth trade is over the limit"
+    gate.push(tick(5, "trade"))
+    await asyncio.sleep(0.01)
+    assert ended == [True] and released == [], "nothing held or released after that"

@@ -11,6 +11,7 @@ from feed_service.bars import BarMaker, interval_ns
 from feed_service.ingest import make_draft
 
 S = 1_000_000_000
+NOW = 1_000_000 * S  # the feed's clock: after every trade below
 
 
 def trade(at_s: float, price: str, size: str = "1") -> ingest_pb2.TickDraft:
@@ -45,13 +46,13 @@ def test_bars_open_fill_and_close_exactly_once() -> None:
     clock = Clock()
     maker = BarMaker(["1s", "1m"], clock)
     out, commit = maker.on_trades(
-        [trade(60.1, "10.50", "0.1"), trade(60.5, "11.25", "0.2"), trade(60.9, "9.75", "0.3")], 0
+        [trade(60.1, "10.50", "0.1"), trade(60.5, "11.25", "0.2"), trade(60.9, "9.75", "0.3")], NOW
     )
     commit()
     # first trade of each bar: an open update; later ones wait for the cap
     assert bars_of(out) == [("1s", 60, False, "10.50", 1), ("1m", 60, False, "10.50", 1)]
     clock.now += 0.2
-    out, commit = maker.on_trades([trade(61.2, "12", "1")], 0)
+    out, commit = maker.on_trades([trade(61.2, "12", "1")], NOW)
     commit()
     final = out[0].bar
     assert (final.interval, final.start.seconds, final.final) == ("1s", 60, True)
@@ -69,18 +70,27 @@ def test_bars_open_fill_and_close_exactly_once() -> None:
 
 def test_a_refused_batch_changes_nothing() -> None:
     maker = BarMaker(["1s"], Clock())
-    maker.on_trades([trade(1.0, "1")], 0)[1]()
-    refused, _ = maker.on_trades([trade(2.0, "2"), trade(2.5, "3")], 0)  # never committed
+    maker.on_trades([trade(1.0, "1")], NOW)[1]()
+    refused, _ = maker.on_trades([trade(2.0, "2"), trade(2.5, "3")], NOW)  # never committed
     assert refused
-    again, _ = maker.on_trades([trade(2.0, "2")], 0)
+    again, _ = maker.on_trades([trade(2.0, "2")], NOW)
     assert bars_of(again)[0] == ("1s", 1, True, "1", 1)
     assert bars_of(again)[1:] == [("1s", 2, False, "2", 1)]
 
 
 def test_a_late_trade_counts_in_the_open_bar_and_no_bars_without_intervals() -> None:
     maker = BarMaker(["1s"], Clock())
-    maker.on_trades([trade(5.5, "1")], 0)[1]()
-    out, commit = maker.on_trades([trade(4.0, "2")], 0)  # its clock went back
+    maker.on_trades([trade(5.5, "1")], NOW)[1]()
+    out, commit = maker.on_trades([trade(4.0, "2")], NOW)  # its clock went back
     commit()
     assert out == [] and maker.due()[0] == []  # within the cap, no final reopened
-    assert BarMaker([], Clock()).on_trades([trade(1.0, "1")], 0)[0] == []
+    assert BarMaker([], Clock()).on_trades([trade(1.0, "1")], NOW)[0] == []
+
+
+def test_a_far_future_trade_counts_at_the_clock_plus_a_minute() -> None:
+    maker = BarMaker(["1s"], Clock())
+    maker.on_trades([trade(10.0, "1")], 20 * S)[1]()
+    out, commit = maker.on_trades([trade(4_000_000_000.0, "2")], 20 * S)  # year 2096
+    commit()
+    assert bars_of(out)[0] == ("1s", 10, True, "1", 1)
+    assert bars_of(out)[1] == ("1s", 80, False, "2", 1), "at the clock (20 s) plus 60 s"
