@@ -52,6 +52,11 @@ class BookKeeper:
     def __len__(self) -> int:
         return len(self._books)
 
+    def has_book(self, symbol: str) -> bool:
+        """Whether ``symbol``'s book is complete at the head (a snapshot was applied)."""
+        symbol_books = self._books.get(symbol)
+        return symbol_books is not None and symbol_books.head.valid
+
     def store(self, ticks: list[StoredTick], earliest_offset: int) -> None:
         """Apply the book ticks among ``ticks`` (just stored) to the head books, then move every
         update older than ``earliest_offset`` (the history's oldest, after the store) into its

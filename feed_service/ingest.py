@@ -112,11 +112,28 @@ def _check_book(index: int, book: tick_pb2.BookUpdate) -> None:
                 raise InvalidDraft(
                     index, f"book.{side}[{number}].size", "is 0 in a snapshot (only updates remove)"
                 )
+    if book.snapshot:
+        _check_snapshot(index, book)
     if book.first_update_id > book.last_update_id:
         raise InvalidDraft(
             index,
             "book.first_update_id",
             f"{book.first_update_id} is above book.last_update_id {book.last_update_id}",
+        )
+
+
+def _check_snapshot(index: int, book: tick_pb2.BookUpdate) -> None:
+    """A whole book: no price twice on a side, the best bid below the best ask."""
+    best: dict[str, Decimal] = {}
+    for side, pick in (("bids", max), ("asks", min)):
+        prices = [Decimal(level.price) for level in getattr(book, side)]
+        if len(set(prices)) != len(prices):
+            raise InvalidDraft(index, f"book.{side}", "holds a price twice in a snapshot")
+        if prices:
+            best[side] = pick(prices)
+    if len(best) == 2 and best["bids"] >= best["asks"]:
+        raise InvalidDraft(
+            index, "book.bids", f"best bid {best['bids']} is not below best ask {best['asks']}"
         )
 
 
@@ -237,6 +254,7 @@ class Ingestor:
         known = hub.known_symbols
         for index, draft in enumerate(drafts):
             check_draft(index, draft, known)
+        self._check_book_starts(drafts)
         await self._declare_new_symbols(drafts, source.name)
         kept, keys = self._without_duplicates(drafts)
         if not kept:
@@ -252,6 +270,24 @@ class Ingestor:
                 dedup.add(key)
         source.record(len(kept), now_ns)
         return IngestResult(len(kept), len(drafts) - len(kept), last)
+
+    def _check_book_starts(self, drafts: Sequence[ingest_pb2.TickDraft]) -> None:
+        """Raise InvalidDraft for a book update of a symbol that has no book yet (no snapshot
+        stored, none earlier in the batch): it could only be dropped."""
+        started: set[str] = set()
+        books = self._hub.books
+        for index, draft in enumerate(drafts):
+            if not draft.HasField("book"):
+                continue
+            if draft.book.snapshot:
+                started.add(draft.symbol)
+            elif draft.symbol not in started and not books.has_book(draft.symbol):
+                raise InvalidDraft(
+                    index,
+                    "book",
+                    f"is an update of {draft.symbol}, which has no book yet; publish a snapshot "
+                    "(snapshot: true) first",
+                )
 
     async def publish_due_bars(self) -> None:
         """Store the open bars' updates that are due (see :meth:`BarMaker.due`). Raises

@@ -24,10 +24,15 @@ def quote(bid: str = "1.0", ask: str = "1.1") -> ingest_pb2.TickDraft:
 
 
 def book(
-    bids: list[tuple[str, str]], snapshot: bool = False, first: int = 0, last: int = 0
+    bids: list[tuple[str, str]],
+    snapshot: bool = False,
+    first: int = 0,
+    last: int = 0,
+    asks: list[tuple[str, str]] = (),  # type: ignore[assignment]
 ) -> ingest_pb2.TickDraft:
     update = tick_pb2.BookUpdate(snapshot=snapshot, first_update_id=first, last_update_id=last)
     update.bids.extend(tick_pb2.BookLevel(price=p, size=s) for p, s in bids)
+    update.asks.extend(tick_pb2.BookLevel(price=p, size=s) for p, s in asks)
     return make_draft("NEW", 1_000, update)
 
 
@@ -57,6 +62,8 @@ BAD = [
     (book([("1.5", "0.000")], snapshot=True), "book.bids[0].size", "is 0 in a snapshot"),
     (book([("1", "1")] * 5_001), "book.bids", "at most 5000"),
     (book([], first=9, last=8), "book.first_update_id", "is above book.last_update_id 8"),
+    (book([("1.5", "1"), ("1.50", "2")], snapshot=True), "book.bids", "a price twice"),
+    (book([("2", "1")], snapshot=True, asks=[("2.0", "1")]), "book.bids", "is not below best ask"),
 ]
 
 
@@ -149,3 +156,15 @@ async def test_a_batch_the_backbone_refused_is_not_remembered_as_seen() -> None:
         await ingest.ingest([trade(dedup="a")], source)
     resent = await ingest.ingest([trade(dedup="a")], source)
     assert (resent.accepted, resent.duplicates, hub.head_offset) == (1, 0, 1)
+
+
+async def test_a_book_update_needs_the_symbols_snapshot_first() -> None:
+    ingest, _ = ingestor()
+    handle = Liveness(stale_after=10.0).source("test")
+    with pytest.raises(InvalidDraft) as caught:
+        await ingest.ingest([book([("1", "1")])], handle)
+    assert caught.value.field == "book" and "no book yet" in str(caught.value)
+    snapshot = book([("1", "1")], snapshot=True, asks=[("2", "1")])
+    result = await ingest.ingest([snapshot, book([("1", "0")])], handle)  # one batch: fine
+    assert result.accepted == 2
+    assert (await ingest.ingest([book([("1.5", "3")])], handle)).accepted == 1
