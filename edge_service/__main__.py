@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 
 import uvicorn
@@ -64,6 +65,16 @@ class EdgeServer(uvicorn.Server):
         app = self.config.app
         loop.call_soon_threadsafe(begin_shutdown, app)
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's signal capture, without its re-raise of the signal once shut down: a drain
+        after SIGTERM or SIGINT is the planned end, so the process exits 0, not by the signal."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
 
 def log_listening(host: str, port: int) -> None:
