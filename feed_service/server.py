@@ -9,7 +9,6 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from tickstream.v1 import feed_pb2, ingest_pb2
 
@@ -20,6 +19,7 @@ from .ingest import Ingestor, IngestResult
 from .liveness import Liveness, SourceHandle
 from .metrics import FeedMetrics
 from .publish import IngestServicer, add_ingest_to_server
+from .reflection import enable_reflection
 from .security import TokenInterceptor, TokenTable, server_credentials
 from .servicer import FeedServicer, add_to_server
 from .sources.base import TickSource
@@ -117,9 +117,8 @@ class FeedServer:
         add_to_server(self.servicer, self.server)
         add_ingest_to_server(self.ingest, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (FEED_SERVICE_NAME, INGEST_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            self.server,
+        enable_reflection(
+            (FEED_SERVICE_NAME, INGEST_SERVICE_NAME, health.SERVICE_NAME), self.server
         )
         self.port = 0
         self.metrics_port: int | None = None

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
+from grpc_reflection.v1alpha import reflection_pb2
+
 from tests.conftest import Stack
 
 CLIENT = Path(__file__).with_name("reflection_client.py")
@@ -37,3 +40,25 @@ def test_reflection_only_client_decodes_ticks(replay_stack: Stack) -> None:
         "tradeId": "3735683259",
         "side": "SIDE_SELL",
     }
+
+
+def test_reflection_answers_under_its_v1_name_too(replay_stack: Stack) -> None:
+    """Tools that try ``grpc.reflection.v1`` first (grpcurl, Postman) get the same answers: the
+    services, and the file declaring FeedService (issue 14)."""
+    with grpc.insecure_channel(replay_stack.feed_target) as channel:
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="tickstream.v1.FeedService"
+            ),
+        ]
+        listed, described = list(call(iter(requests), timeout=10))
+    names = {service.name for service in listed.list_services_response.service}
+    assert {"tickstream.v1.FeedService", "grpc.reflection.v1.ServerReflection"} <= names
+    assert "grpc.reflection.v1alpha.ServerReflection" in names
+    assert described.file_descriptor_response.file_descriptor_proto
