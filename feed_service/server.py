@@ -126,6 +126,8 @@ class FeedServer:
         self._sampler: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._bar_task: asyncio.Task[None] | None = None
+        self.failure: str | None = None  # why the feed stopped on its own, if it did
+        self.failed = asyncio.Event()
 
     async def start(self) -> None:
         """Bind the port (logging the address) and start loading and publishing the source."""
@@ -222,8 +224,10 @@ class FeedServer:
             return
         try:
             infos = await source.load()
-        except Exception:
-            log.exception("feed source failed to load; the feed stays NOT_SERVING")
+        except Exception as error:  # a missing or empty recording: the feed cannot do its job
+            self.failure = f"the {source.name} source failed to load: {error}"
+            log.error("%s; stopping", self.failure)
+            self.failed.set()
             return
         await self.hub.declare(infos)
         self.metrics.book_gaps.inc(len(getattr(source, "book_breaks", ())))
@@ -270,12 +274,15 @@ class FeedServer:
 
 
 async def serve(settings: FeedSettings) -> None:
-    """Run a feed until SIGTERM or SIGINT, then drain."""
+    """Run a feed until SIGTERM or SIGINT, then drain. Raises ValueError (exit status 2, one
+    line) when its built-in source fails to load."""
     feed = FeedServer(settings)
     await feed.start()
-    stop = asyncio.Event()
+    stop = feed.failed
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await feed.stop()
+    if feed.failure is not None:
+        raise ValueError(feed.failure)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 from tickstream.v1 import feed_pb2, feed_pb2_grpc
 
-from tests.support import SseEvent, iter_events, start_edge, start_feed
+from tests.support import ROOT, SseEvent, iter_events, start_edge, start_feed
 
 STREAMS = 500
 
@@ -77,3 +80,23 @@ async def test_feed_sigterm_ends_streams_with_unavailable_and_exits() -> None:
         assert feed.popen.wait(timeout=15) == 0
     finally:
         feed.kill()
+
+
+def test_a_feed_whose_recording_is_missing_exits_2_with_one_line(tmp_path: Path) -> None:
+    """A failed start says why in one line and exits non-zero, instead of staying up
+    NOT_SERVING (issue 14)."""
+    for path in (tmp_path / "missing.gz", _empty_recording(tmp_path)):
+        result = subprocess.run(
+            [sys.executable, "-m", "feed_service", "--port", "0", "--source", "replay",
+             "--replay-path", str(path)],
+            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("feed_service: invalid configuration: the replay source failed")
+
+
+def _empty_recording(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.txt"
+    path.write_text("1 {}\n")
+    return path
