@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc
 
+from .feed_problems import cause_of
 from .metrics import EdgeMetrics
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class FeedClient:
         self._metrics = metrics
         self._interval = check_interval
         self.ready = False
+        self.problem: str | None = None  # why the replica in use is not ready (feed_problems)
         self.epoch: str | None = None
         self.symbols: dict[str, feed_pb2.SymbolInfo] = {}
         self.bar_intervals: list[str] = []  # the bars the feed makes (ListSymbols)
@@ -156,11 +158,21 @@ class FeedClient:
                 await self.refresh_symbols()
             if ready:
                 await self._refresh_sources()
+            cause, detail = (None, "") if ready else ("not_serving", "health NOT_SERVING")
         except grpc.aio.AioRpcError as error:
-            if self.ready and replica is self.replica:
-                log.warning("feed %s unavailable: %s", replica.target, error.code().name)
-            ready = False
+            ready, cause, detail = False, cause_of(error), error.details() or ""
+        if replica is self.replica:
+            self._note_problem(cause, detail)
         return ready
+
+    def _note_problem(self, cause: str | None, detail: str) -> None:
+        """Record why the replica in use is not ready; log it once per change of cause."""
+        if cause == self.problem:
+            return
+        if cause is not None:
+            log.warning("feed %s not ready: %s (%s)", self.target, cause, detail[:300])
+        self.problem = cause
+        self._metrics.set_feed_problem(cause)
 
     async def _fail_over(self) -> bool:
         """Move to the next replica that answers SERVING; False when none does."""

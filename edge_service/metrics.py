@@ -7,10 +7,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
+from prometheus_client import Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tickstream_common.metrics import ServiceMetrics
+
+from .feed_problems import CAUSES
 
 # Seconds from feed ingest to edge send: 0.5 ms to 10 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
@@ -83,6 +86,15 @@ class EdgeMetrics(ServiceMetrics):
         self.tasks = self.gauge("asyncio_tasks", "asyncio tasks alive (scraped on the event loop).")
         self.tasks.set_function(lambda: len(asyncio.all_tasks()))
         self.feed_ready = self.gauge("feed_ready", "1 when the feed answers its health check.")
+        self.feed_problem = Gauge(
+            self.prefix + "feed_problem",
+            "1 for the reason the feed is not ready (unreachable, tls, protocol, "
+            "unauthenticated, permission_denied, timeout, not_serving, unavailable), else 0.",
+            ["cause"],
+            registry=self.registry,
+        )
+        for cause in CAUSES:
+            self.feed_problem.labels(cause).set(0)
         self.delivery_latency = self.histogram(
             "delivery_latency_seconds",
             "Feed ingest to edge send of the oldest tick in a write, sampled (one write in 8).",
@@ -95,6 +107,13 @@ class EdgeMetrics(ServiceMetrics):
         self.max_stream_queue = self.gauge(
             "max_stream_queued_events", "Events queued to the most backed-up SSE stream."
         )
+
+    def set_feed_problem(self, cause: str | None) -> None:
+        """Mark ``cause`` (None: ready) as the reason the feed is not ready."""
+        for known in CAUSES:
+            self.feed_problem.labels(known).set(0)
+        if cause is not None:
+            self.feed_problem.labels(cause).set(1)
 
     def watch_queues(self, outboxes: Callable[[], Iterable[_Queued]]) -> None:
         """Read queue depths from ``outboxes()`` (every open stream's) at each scrape."""

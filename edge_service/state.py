@@ -34,12 +34,15 @@ class EdgeState:
     def require_ready(self) -> None:
         """Raises Problem 503 (with Retry-After) while the feed does not answer."""
         if not self.feed.ready:
+            cause = self.feed.problem or "unavailable"
             raise Problem(
                 503,
                 "feed-unavailable",
                 "Feed unavailable",
-                f"the feed at {self.feed.target} is not answering; retry shortly",
+                f"the feed at {self.feed.target} is not answering ({cause}); retry shortly",
                 headers={"Retry-After": RETRY_AFTER_S},
+                feed=cause,
+                feedTarget=self.feed.target,
             )
 
 
