@@ -19,6 +19,7 @@ from tickstream_common.startup import exit_code, run_on_uvloop, run_service
 
 from .app import begin_shutdown, create_app
 from .config import EdgeSettings
+from .head_guard import HEAD_SLACK, guarded_protocol
 from .workers import WorkerPool, stop_with_parent
 
 log = logging.getLogger("edge_service")
@@ -77,6 +78,14 @@ class EdgeServer(uvicorn.Server):
                 self._captured_signals.clear()
 
 
+def head_limit(settings: EdgeSettings) -> int:
+    """Bytes a request head may reach as it arrives (0: no cap): the target and header bounds
+    and some slack; the finer 414/431 answers come from RequestSizeLimit once it is parsed."""
+    if not (settings.max_header_bytes and settings.max_request_target):
+        return 0
+    return settings.max_request_target + settings.max_header_bytes + HEAD_SLACK
+
+
 def log_listening(host: str, port: int) -> None:
     """Log the start-up line ``edge_service listening on http://HOST:PORT`` (IPv6 bracketed)."""
     shown = f"[{host}]" if ":" in host else host
@@ -93,7 +102,7 @@ async def serve(
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         create_app(settings),
-        http="httptools",
+        http=guarded_protocol(head_limit(settings), settings.header_timeout),
         log_level=settings.log_level.lower(),
         access_log=False,
         log_config=None,  # uvicorn's own lines go through our handler and format

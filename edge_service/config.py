@@ -124,6 +124,12 @@ class EdgeSettings(BaseSettings):
     max_header_bytes: int = Field(
         16384, ge=0, description="Bytes of request headers; beyond, 431 (0 = off)."
     )
+    header_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a request head may take to arrive; then the connection is closed "
+        "(slowloris; 0 = no limit).",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins allowed to read the edge cross-origin, comma-separated "
