@@ -57,17 +57,19 @@ class GuardedHttpTools(HttpToolsProtocol):
                 return
         super().data_received(data)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_head:  # a keep-alive or pipelined request's head begins
+            self._start_head()
+
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_timer()
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._start_head()  # keep-alive: the next request's head
-
     def _start_head(self) -> None:
+        """A head begins (a new connection, or the parser met a new request): count and time
+        it until ``on_headers_complete``. An idle keep-alive connection is uvicorn's to end."""
         self._in_head, self._head_bytes = True, 0
         self._stop_timer()
         if self.head_timeout:
