@@ -169,13 +169,7 @@ async def open_stream(
     settings = edge.settings
     check_known(request.query_params.keys(), STREAM_PARAMETERS)
     symbols = parse_symbols(raw_symbols, settings.max_symbols)
-    kinds = parse_types(options.types)
-    depth = parse_depth(options.depth)
-    if BOOK in kinds:  # a book event per depth: clients of one depth share its bytes
-        kinds = kinds - {BOOK} | {book_kind(depth)}
-    if BAR in kinds:
-        intervals = parse_intervals(options.intervals, edge.feed.bar_intervals)
-        kinds = kinds - {BAR} | {kind for i in intervals for kind in bar_kinds(i)}
+    kinds = stream_kinds(options, edge.feed.bar_intervals)
     rate = parse_rate(options.max_rate)
     address = request.client.host if request.client else "unknown"
     edge.registry.limits.check_rate(address)
@@ -223,6 +217,19 @@ async def open_stream(
     return _respond(
         request, edge, session, upstreams, (start, reset, options.snapshot), grant, uncount
     )
+
+
+def stream_kinds(options: StreamOptions, bar_intervals: list[str]) -> frozenset[str]:
+    """The event kinds a stream asked for: ``types``, a book as ``book:<depth>`` (clients of
+    one depth share its bytes), bars as their intervals' kinds. Raises Problem 400."""
+    kinds = parse_types(options.types)
+    depth = parse_depth(options.depth)
+    if BOOK in kinds:
+        kinds = kinds - {BOOK} | {book_kind(depth)}
+    if BAR in kinds:
+        intervals = parse_intervals(options.intervals, bar_intervals)
+        kinds = kinds - {BAR} | {kind for i in intervals for kind in bar_kinds(i)}
+    return kinds
 
 
 async def require_known(edge: EdgeState, symbols: list[str]) -> None:
