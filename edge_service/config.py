@@ -114,6 +114,13 @@ class EdgeSettings(BaseSettings):
     max_streams_per_token: int = Field(
         0, ge=0, description="Most open streams per token subject; beyond, 429 (0 = off)."
     )
+    ipv6_prefix: int = Field(
+        64,
+        ge=1,
+        le=128,
+        description="IPv6 clients count against the per-address limits by this prefix (a /64 "
+        "is one subscriber's usual allocation).",
+    )
     connect_rate: float = Field(
         0, ge=0, description="SSE connects per second per client address; beyond, 429 (0 = off)."
     )

@@ -8,6 +8,7 @@ process is full, 429 when one client asks for more than its share, both with ``R
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,21 @@ from .problems import Problem, problem_response
 class _Bucket:
     tokens: float
     at: float
+
+
+def client_key(host: str, ipv6_prefix: int) -> str:
+    """The address the per-client limits count ``host`` under: an IPv4 address as it is (also
+    when IPv4-mapped), an IPv6 one as its ``/ipv6_prefix`` network (one subscriber usually
+    holds a whole /64, so one address each would multiply its budget); anything else as is."""
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
 
 
 class StreamLimits:

@@ -16,6 +16,7 @@ from . import fanout
 from .auth import Grant, authorize, cookie_header, token_of
 from .cursor import Cursor, MalformedCursor, parse_cursor
 from .encoding import BAR, BOOK, bar_kinds, book_kind, encode_preamble
+from .limits import client_key
 from .merge import SymbolMerge
 from .params import (
     STREAM_PARAMETERS,
@@ -171,7 +172,8 @@ async def open_stream(
     symbols = parse_symbols(raw_symbols, settings.max_symbols)
     kinds = stream_kinds(options, edge.feed.bar_intervals)
     rate = parse_rate(options.max_rate)
-    address = request.client.host if request.client else "unknown"
+    host = request.client.host if request.client else "unknown"
+    address = client_key(host, settings.ipv6_prefix)
     edge.registry.limits.check_rate(address)
     grant = authorize(edge.verifier, request, symbols) if edge.verifier is not None else None
     edge.require_ready()
