@@ -24,7 +24,6 @@ from tickstream_common.book import OrderBook
 
 from .wire import StoredTick
 
-BOOK = tick_pb2.TICK_TYPE_BOOK
 CHECKPOINT_EVERY = 256
 
 
@@ -58,13 +57,11 @@ class BookKeeper:
         return symbol_books is not None and symbol_books.head.valid
 
     def store(self, ticks: list[StoredTick], earliest_offset: int) -> None:
-        """Apply the book ticks among ``ticks`` (just stored) to the head books, then move every
-        update older than ``earliest_offset`` (the history's oldest, after the store) into its
-        symbol's base."""
+        """Apply ``ticks`` (book ticks just stored, in offset order) to the head books, then
+        move every update older than ``earliest_offset`` (the history's oldest, after the
+        store) into its symbol's base."""
         books = self._books
         for stored in ticks:
-            if stored.tick_type != BOOK:
-                continue
             symbol_books = books.get(stored.symbol)
             if symbol_books is None:
                 symbol_books = books[stored.symbol] = _SymbolBooks()

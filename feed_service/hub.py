@@ -148,15 +148,16 @@ class TickHub:
             # State changes come before the ticks: "live" precedes the tick that revived it.
             self.liveness.touch({tick.symbol for tick in ticks}, now_ns)
         latest = self._latest
-        books = False
+        books: list[StoredTick] = []
         for tick in ticks:
             latest[(tick.symbol, tick.tick_type)] = tick
             if tick.tick_type > QUOTE:  # books and bars, a few a second
-                books = books or tick.tick_type == BOOK
-                if tick.tick_type == BAR:
+                if tick.tick_type == BOOK:
+                    books.append(tick)
+                elif tick.tick_type == BAR:
                     self._bars[(tick.symbol, tick.tick.bar.interval)] = tick
-        if books or self.books:
-            self.books.store(ticks, self.history.earliest_offset)
+        if books or self.books:  # the batch is scanned once, here, not again for its books
+            self.books.store(books, self.history.earliest_offset)
         self.wake_waiters()
 
     def wake_waiters(self) -> None:
