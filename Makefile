@@ -9,7 +9,7 @@ PROTO_FILES := $(wildcard protos/tickstream/v1/*.proto)
 NODE_DIR := clients/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: run run-cluster test lint protos check-protos bench clean node-deps system-deps
+.PHONY: run run-cluster chaos test lint protos check-protos bench clean node-deps system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -103,6 +103,13 @@ run: $(STAMP)
 # Three NATS nodes, two feed replicas on one JetStream stream, two edges, nginx (see the README).
 run-cluster: $(STAMP)
 	$(PY) scripts/run_cluster.py
+
+# The cluster under a seeded fault schedule with 200 SSE clients and a producer, then the
+# independent checker (about 5 minutes; see chaos/run.py). SEED=n replays a schedule.
+SEED ?= 1
+CHAOS_SECONDS ?= 240
+chaos: $(STAMP)
+	$(PY) -m chaos.run --seed $(SEED) --duration $(CHAOS_SECONDS) --clients 200
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules

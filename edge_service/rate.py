@@ -72,6 +72,12 @@ class RateGate:
             at = max(loop.time(), self._last + self._interval)
             self._timer = loop.call_at(at, self._flush)
 
+    def release_now(self) -> None:
+        """Release what is held at once: before a ``reset``, whose ticks must not follow it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._flush()
+
     def _flush(self) -> None:
         self._timer = None
         self._last = asyncio.get_running_loop().time()

@@ -219,6 +219,8 @@ class ClientSession:
         self.outbox.end(reason, message)
 
     def _emit_reset(self, reason: str, message: str, symbols: Iterable[str]) -> None:
+        if self.gate is not None:
+            self.gate.release_now()  # held ticks come before the reset that follows them
         self._metrics.resets.labels(reason).inc()
         payload = {
             "reason": reason,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import threading
 from collections import deque
@@ -42,6 +43,33 @@ TERMINAL_CODES = frozenset(
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
+
+
+DROP_TRADE_ENV = "TICKSTREAM_TEST_DROP_TRADE"
+"""Test-only, the chaos run's deliberately broken build (``make chaos`` proves its checker can
+fail with it): set to N, the edge leaves the Nth live trade it receives out of every stream.
+Never set in a deployment."""
+
+
+class _TradeDrop:
+    """Drops one live trade, the ``nth`` (1-based) received; ``left`` is 0 once done or unset."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, nth: int) -> None:
+        self.left = nth
+
+    def filter(self, live: list[EncodedTick]) -> list[EncodedTick]:
+        for index, tick in enumerate(live):
+            if tick.kind == "trade":
+                self.left -= 1
+                if not self.left:
+                    log.error("%s: dropped the trade at offset %d", DROP_TRADE_ENV, tick.offset)
+                    return live[:index] + live[index + 1 :]
+        return live
+
+
+_DROP = _TradeDrop(int(os.environ.get(DROP_TRADE_ENV) or 0))
 
 
 class UpstreamUnavailable(Exception):
@@ -363,6 +391,8 @@ class SymbolUpstream:
     def _flush(self, live: list[EncodedTick], progressed: bool) -> None:
         if not (live or progressed):
             return
+        if _DROP.left:
+            live = _DROP.filter(live)
         self._position = (self.epoch, self.watermark)
         dispatch = TickDispatch(live, self.epoch, self.watermark)
         for listener in list(self.listeners):

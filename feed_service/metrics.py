@@ -14,6 +14,7 @@ from .liveness import Liveness
 
 REJECT_CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "PERMISSION_DENIED")
 RESET_REASONS = tuple(name for name, number in feed_pb2.ResetReason.items() if number)
+REFUSAL_CAUSES = ("no_token", "unknown_token")
 PUBLISH_OUTCOMES = ("stored", "invalid", "denied", "limited", "unavailable")
 
 
@@ -64,6 +65,13 @@ class FeedMetrics(ServiceMetrics):
             "wrote one of its symbols first), unsure (the acknowledgement was lost), error.",
             label="cause",
             known=("conflict", "unsure", "error"),
+        )
+        self.refused_clients = self.counter(
+            "refused_calls",
+            "Calls refused before any method ran, by cause: no_token, unknown_token (each "
+            "client address's cause is also logged once per change).",
+            label="cause",
+            known=REFUSAL_CAUSES,
         )
 
     def watch(self, liveness: Liveness) -> None:

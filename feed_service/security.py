@@ -24,6 +24,8 @@ from __future__ import annotations
 import fnmatch
 import hmac
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,8 @@ from typing import Any
 import grpc
 
 from .config import FeedSettings
+
+log = logging.getLogger(__name__)
 
 GUARDED_PREFIXES = ("/tickstream.v1.FeedService/", "/tickstream.v1.IngestService/")
 
@@ -138,12 +142,59 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
+REFUSALS = {
+    "no_token": "no authorization metadata with a bearer token",
+    "unknown_token": "its bearer token is not in --client-tokens",
+}
+"""Why a call is refused before any method runs: cause -> what it means."""
+
+
+class RefusalLog:
+    """Says why a client address is refused once per change of cause, not at every attempt
+    (an edge with a wrong token retries every second or so), and counts every refusal in
+    ``on_refused(cause)``. An address refused for the same cause again after ``quiet`` seconds
+    without refusals is logged again; at most ``limit`` addresses are remembered (past it,
+    all are forgotten)."""
+
+    def __init__(
+        self, on_refused: Callable[[str], None], quiet: float = 60.0, limit: int = 4096
+    ) -> None:
+        self._last: dict[str, tuple[str, float]] = {}  # host -> (cause, when last refused)
+        self._on_refused = on_refused
+        self._quiet, self._limit = quiet, limit
+
+    def refused(self, peer: str, cause: str) -> None:
+        """A call from ``peer`` (gRPC's ``ipv4:H:P`` form) was refused for ``cause``."""
+        self._on_refused(cause)
+        host, now = peer_host(peer), time.monotonic()
+        last = self._last.get(host)
+        if len(self._last) >= self._limit and last is None:
+            self._last.clear()
+        self._last[host] = (cause, now)
+        if last is not None and last[0] == cause and now - last[1] < self._quiet:
+            return
+        log.warning(
+            "refused a client at %s: %s (%s; logged again when that changes)",
+            host,
+            cause,
+            REFUSALS.get(cause, cause),
+        )
+
+
+def peer_host(peer: str) -> str:
+    """``ipv4:127.0.0.1:5000`` -> ``127.0.0.1``; ``ipv6:[::1]:5000`` -> ``::1``."""
+    _, _, address = peer.partition(":")
+    host = address.rpartition(":")[0] or address
+    return host.strip("[]")
+
+
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Ends FeedService and IngestService calls without a known bearer token with
-    UNAUTHENTICATED."""
+    UNAUTHENTICATED, telling ``refusals``."""
 
-    def __init__(self, table: TokenTable) -> None:
+    def __init__(self, table: TokenTable, refusals: RefusalLog) -> None:
         self._table = table
+        self._refusals = refusals
 
     async def intercept_service(
         self,
@@ -157,24 +208,37 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
         if self._table.lookup(metadata) is not None:
             return handler
-        return _refusal(handler, "a known bearer token is required in the authorization metadata")
+        cause = "unknown_token" if bearer_token(metadata) else "no_token"
+        return _refusal(handler, cause, self._refusals)
 
 
-def _refusal(handler: grpc.RpcMethodHandler, details: str) -> grpc.RpcMethodHandler:
+def _refusal(
+    handler: grpc.RpcMethodHandler, cause: str, refusals: RefusalLog
+) -> grpc.RpcMethodHandler:
     """A handler of the same shape as ``handler`` that ends the call with UNAUTHENTICATED."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
+        refusals.refused(context.peer(), cause)
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"{REFUSALS[cause]}: a known bearer token is required in the authorization metadata",
+        )
+
+    return _same_shape(handler, refuse)
+
+
+def _same_shape(handler: grpc.RpcMethodHandler, behavior: Any) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s kind and (de)serializers running ``behavior``."""
 
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(refuse, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(behavior, **kwargs)
     if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
+        return grpc.stream_stream_rpc_method_handler(behavior, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(behavior, **kwargs)
 
 
 def server_credentials(settings: FeedSettings) -> grpc.ServerCredentials | None:

@@ -20,7 +20,7 @@ from .liveness import Liveness, SourceHandle
 from .metrics import FeedMetrics
 from .publish import IngestServicer, add_ingest_to_server
 from .reflection import enable_reflection
-from .security import TokenInterceptor, TokenTable, server_credentials
+from .security import RefusalLog, TokenInterceptor, TokenTable, server_credentials
 from .servicer import FeedServicer, add_to_server
 from .sources.base import TickSource
 from .sources.replay import ReplaySource
@@ -110,9 +110,10 @@ class FeedServer:
         self.ingest = IngestServicer(
             self.hub, self.ingestor, self.liveness, self.metrics, settings.max_batch, tokens
         )
+        self.refusals = RefusalLog(lambda cause: self.metrics.refused_clients.labels(cause).inc())
         self.server = grpc.aio.server(
             options=SERVER_OPTIONS,
-            interceptors=[TokenInterceptor(tokens)] if tokens is not None else None,
+            interceptors=None if tokens is None else [TokenInterceptor(tokens, self.refusals)],
         )
         add_to_server(self.servicer, self.server)
         add_ingest_to_server(self.ingest, self.server)

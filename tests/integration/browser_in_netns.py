@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -207,10 +208,30 @@ def state(page: Page) -> str:
     return str(page.get_attribute("#state", "data-state"))
 
 
+def wait_for(
+    page: Page, script: str, *, what: str, arg: Any = None, timeout: int = WAIT_MS
+) -> None:
+    """``page.wait_for_function``; on a timeout, fails saying what the page showed then."""
+    try:
+        page.wait_for_function(script, arg=arg, timeout=timeout)
+    except PlaywrightTimeout:
+        seen = {
+            "state": state(page),
+            "stateText": page.text_content("#state"),
+            "probe": probe(page),
+            "BTCUSDT": row(page, "BTCUSDT"),
+            "log": page.evaluate("() => document.getElementById('log')?.innerText.slice(-1500)"),
+        }
+        raise AssertionError(
+            f"waited {timeout / 1000:.0f} s for {what}; the page: {seen}"
+        ) from None
+
+
 def wait_live_trades(page: Page, epoch_prefix: str, after_offset: int = -1) -> None:
     """Until the page is live, its EventSource got a trade of ``epoch_prefix`` past
     ``after_offset``, and the BTCUSDT row shows a trade and a live rate."""
-    page.wait_for_function(
+    wait_for(
+        page,
         """([prefix, after]) => {
           const p = window.__probe, id = p.lastTradeId;
           const tr = document.querySelector('#rows tr[data-symbol="BTCUSDT"]');
@@ -221,14 +242,17 @@ def wait_live_trades(page: Page, epoch_prefix: str, after_offset: int = -1) -> N
         }""",
         arg=[epoch_prefix, after_offset],
         timeout=WAIT_MS,
+        what=f"live trades of epoch {epoch_prefix}",
     )
 
 
 def wait_state(page: Page, name: str, timeout: int = WAIT_MS) -> None:
-    page.wait_for_function(
+    wait_for(
+        page,
         "name => document.getElementById('state').dataset.state === name",
         arg=name,
         timeout=timeout,
+        what=f"the state {name!r}",
     )
 
 

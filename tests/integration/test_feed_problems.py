@@ -1,6 +1,7 @@
 """Operator faults speak up (issue 14): an edge that cannot use its feed says why, in
 ``/readyz``, in a metric and in one log line per change of cause, for a port where nothing
-listens, a server speaking HTTP/1, a wrong feed token and a TLS edge before a plaintext feed."""
+listens, a server speaking HTTP/1, a wrong feed token and a TLS edge before a plaintext feed; and
+the feed says once per change which address it refuses and why."""
 
 from __future__ import annotations
 
@@ -78,6 +79,12 @@ def test_a_wrong_token_and_a_tls_mismatch_are_named(tmp_path: Path) -> None:
         wrong = start_edge(feed.port, wait_ready=False, env={"EDGE_FEED_TOKEN": "guess-0123456"})
         with services(wrong) as (edge,):
             assert_cause(edge, "unauthenticated")
+        # The feed says it too: once for the address and cause, however often the edge tried.
+        refusals = [line for line in feed.lines if "refused a client at 127.0.0.1" in line]
+        assert len(refusals) == 1 and "unknown_token" in refusals[0], feed.output()
+        text = httpx.get(f"http://127.0.0.1:{feed.metrics_port}/metrics", timeout=5).text
+        counted = 'tickstream_feed_refused_calls_total{cause="unknown_token"} '
+        assert float(text.split(counted)[1].split()[0]) >= 2, "every refusal is counted"
         tls = start_edge(feed.port, "--feed-tls-ca", str(ca), wait_ready=False)
         with services(tls) as (edge,):
             assert_cause(edge, "tls")

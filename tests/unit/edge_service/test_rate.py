@@ -53,3 +53,18 @@ async def test_holding_more_trades_than_the_limit_ends_the_stream() -> None:
     gate.push(tick(5, "trade"))
     await asyncio.sleep(0.01)
     assert ended == [True] and released == [], "nothing held or released after that"
+
+
+async def test_release_now_hands_over_what_is_held_and_cancels_the_timer() -> None:
+    released: list[list[int]] = []
+    gate = RateGate(
+        1.0, lambda ts: released.append([t.offset for t in ts]), limit=10, overflow=list
+    )
+    gate.push(tick(1, "trade"))
+    await asyncio.sleep(0.01)  # the first release goes at once; the next waits a second
+    gate.push(tick(2, "quote"))
+    gate.push(tick(3, "trade"))
+    gate.release_now()  # a reset is next: what is held goes before it
+    assert released == [[1], [2, 3]]
+    gate.release_now()
+    assert released == [[1], [2, 3]], "nothing held, nothing released"
