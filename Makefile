@@ -9,13 +9,22 @@ PROTO_FILES := $(wildcard protos/tickstream/v1/*.proto)
 NODE_DIR := clients/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: run run-cluster chaos test lint protos check-protos bench clean node-deps system-deps
+.PHONY: run run-cluster chaos soak bench-hostile test lint protos check-protos bench clean node-deps system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# What running needs, no more (make run on a fresh machine): the services' dependencies, not
+# compiled to bytecode up front, and nats-server for run-cluster. A dev install covers it.
+RUN_STAMP := $(VENV)/.runtime-installed
+$(RUN_STAMP): pyproject.toml
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then touch $@; else \
+	  set -e; test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	  echo "installing what running needs into $(VENV) (make test adds the dev tools)"; \
+	  $(PY) -m pip install --quiet --no-compile -e '.[cluster]'; touch $@; fi
 
 # Regenerate the checked-in Python code from protos/ (protobuf, gRPC and mypy stubs).
 protos: $(STAMP)
@@ -97,11 +106,20 @@ bench: $(BENCH_STAMP) system-deps
 	$(PY) bench/run.py
 
 # Replay the bundled real data in a loop: feed on 127.0.0.1:50051, edge on 127.0.0.1:8000.
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(PY) scripts/run_local.py
 
+# Hostile clients (slowloris, 100 MiB heads, a connect flood) against the healthy streams' p99.
+bench-hostile: $(BENCH_STAMP)
+	$(PY) bench/hostile.py
+
+# The edge for 30 minutes at real rates, 1,000 clients reconnecting each minute plus churn:
+# RSS, fds, tasks and p99 each minute, plotted, with bounds (not in CI; see bench/soak.py).
+soak: $(BENCH_STAMP)
+	$(PY) bench/soak.py
+
 # Three NATS nodes, two feed replicas on one JetStream stream, two edges, nginx (see the README).
-run-cluster: $(STAMP)
+run-cluster: $(RUN_STAMP)
 	$(PY) scripts/run_cluster.py
 
 # The cluster under a seeded fault schedule with 200 SSE clients and a producer, then the

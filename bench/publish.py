@@ -82,7 +82,7 @@ def say(text: str) -> None:
 def start_feed(logs: Path, cpu: str | None, *extra: str) -> tuple[Proc, int]:
     """A feed fed by producers only; the Proc and its gRPC port (once it answers health)."""
     port = free_port()
-    args = [PY, "-m", "feed_service", "--port", str(port), "--source", "none"]
+    args = [PY, "-m", "feed_service", "--port", str(port), "--source", "none", "--no-metrics"]
     args += ["--history-size", str(HISTORY), *extra]
     feed = start("feed", args, logs, cpu=cpu)
     _wait_grpc(port)

@@ -425,7 +425,7 @@ def run_feed() -> list[Row]:
     feed = start(
         "feed-max",
         [
-            *(PY, "-m", "feed_service", "--port", str(port), "--source", "replay"),
+            *(PY, "-m", "feed_service", "--port", str(port), "--no-metrics", "--source", "replay"),
             *("--speed", "0", *(arg for path in data for arg in ("--replay-path", str(path)))),
         ],
         LOGS / "feed",

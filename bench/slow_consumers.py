@@ -47,8 +47,9 @@ def main() -> None:
     healthy, stalled, seconds = (int(a) for a in (sys.argv[1:] or ["50", "50", "10"]))
     feed_port, edge_port = free_port(), free_port()
     feed = subprocess.Popen(
-        pinned("0", [PY, "-m", "feed_service", "--port", str(feed_port), "--source", "replay",
-                     "--replay-path", "data/binance/spot", "--speed", "1", "--loop"]),
+        pinned("0", [PY, "-m", "feed_service", "--port", str(feed_port), "--no-metrics",
+                     "--source", "replay", "--replay-path", "data/binance/spot", "--speed", "1",
+                     "--loop"]),
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     edge = subprocess.Popen(

@@ -6,10 +6,11 @@ tick's ``symbol`` and per (symbol, type) ``sequence``, a trade's ``tradeId``) an
 of ``../DESIGN.md``, nothing else. Its inputs, in a run directory:
 
 - ``clients/<name>.jsonl``: a header line ``{"client", "symbols", "rated", "role"}``, then one
-  array per thing the client saw, in order: ``["open", edge, last_event_id]`` per connection,
+  array per thing the client saw, in order: ``["open", edge, last_event_id, s]`` per connection,
   ``[kind, id, symbol, sequence, trade_id]`` per event with a tick (``kind`` trade, quote or
   book; ``id`` "" for a snapshot value), ``["reset", id, epoch, reason]``,
-  ``["end", reason]`` when a connection closed and ``["mark"]`` when the faults were over.
+  ``["disconnect", reason]`` for the edge's disconnect event, ``["end", why, s]`` when a
+  connection closed (``s``: seconds into the run) and ``["mark"]`` when the faults were over.
 - ``producer.jsonl``: ``{"first", "last", "epoch", "last_offset", "accepted", "duplicates"}``
   per acknowledged batch of the producer's trades, whose trade ids are ``p<number>``.
 - ``run.json``: ``{"producer_symbol", "seed", "faults": {name: count}}``.

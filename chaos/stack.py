@@ -42,15 +42,19 @@ class Stack:
     edges: list[ServiceProcess] = field(default_factory=list)
     producer: subprocess.Popen[bytes] | None = None
     stopped: set[int] = field(default_factory=set)  # pids under SIGSTOP
+    started: list[tuple[str, ServiceProcess]] = field(default_factory=list)  # for their logs
 
     # ----- start -----------------------------------------------------------------------------
 
     def start(self) -> None:
         self.nodes = start_nats_cluster(self.directory / "nats")
+        self.started += [(f"nats{index}", node) for index, node in enumerate(self.nodes)]
         for index in range(2):
             self.feeds.append(start_feed(*self.feed_args(index)))
+            self.started.append((f"feed{index}", self.feeds[-1]))
         for index in range(2):
             self.edges.append(self.start_edge(index, port=0))
+            self.started.append((f"edge{index}", self.edges[-1]))
         self.start_producer()
 
     def feed_args(self, index: int) -> list[str]:
@@ -100,6 +104,7 @@ class Stack:
                 route_port=old.route_port,
                 routes=routes,
             )
+        self.started.append((f"{target}{index}", self.service(target, index)))
 
     def pause(self, target: str, index: int) -> None:
         service = self.service(target, index)
@@ -132,3 +137,8 @@ class Stack:
             if service.popen.pid in self.stopped:
                 service.signal(signal.SIGCONT)
             service.stop()
+        logs = self.directory / "logs"
+        logs.mkdir(exist_ok=True)
+        for name, service in self.started:  # each start of each process, in order
+            with (logs / f"{name}.log").open("a", encoding="utf-8") as out:
+                out.write(f"---- pid {service.popen.pid}\n" + "\n".join(service.lines) + "\n")

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
@@ -18,6 +19,7 @@ from urllib.parse import urlencode
 import httpx
 
 TICK_KINDS = frozenset({"trade", "quote", "book"})
+STARTED = time.monotonic()  # "open" and "end" lines carry seconds since this
 RECONNECT_S = (0.2, 0.6)  # a reconnect waits a random time in this range
 
 
@@ -68,12 +70,12 @@ class Client:
             info = json.loads(data)
             self.lines.append(["reset", event_id or "", info["epoch"], info["reason"]])
         elif kind == "disconnect":
-            self.lines.append(["end", json.loads(data).get("reason", "")])
+            self.lines.append(["disconnect", json.loads(data).get("reason", "")])
 
     async def read(self, http: httpx.AsyncClient, edge: str) -> None:
         """One connection: record its events until it ends or is ``cut``."""
         headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
-        self.lines.append(["open", edge, self.last_id or ""])
+        self.lines.append(["open", edge, self.last_id or "", round(time.monotonic() - STARTED, 2)])
         async with http.stream("GET", self.url(edge), headers=headers) as response:
             if response.status_code != 200:
                 self.lines.append(["end", f"HTTP {response.status_code}"])
@@ -99,10 +101,12 @@ class Client:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, OSError):
                 await reading
-            if not reading.cancelled() and reading.exception() is None:
-                self.lines.append(["end", "closed"])
-            elif not stop.is_set():
-                self.lines.append(["end", "cut"])
+            if reading.cancelled():
+                why = "stopped" if stop.is_set() else "cut"
+            else:
+                error = reading.exception()
+                why = "closed" if error is None else type(error).__name__
+            self.lines.append(["end", why, round(time.monotonic() - STARTED, 2)])
             if self.role == "left" and self.cut.is_set():
                 return
             with contextlib.suppress(TimeoutError):
@@ -134,12 +138,13 @@ async def stall(edge: str, symbols: list[str], stop: asyncio.Event) -> None:
 
 def make_clients(count: int, symbols: list[str], rng: random.Random) -> list[Client]:
     """``count`` clients: single- and multi-symbol, some rated, some from ``earliest``, some
-    leaving early; trades and quotes for all, books for some."""
+    leaving early; trades for all, quotes for half, books for a fifth."""
     clients = []
     for index in range(count):
         roll = rng.random()
         chosen = rng.sample(symbols, 1 if roll < 0.4 else rng.randint(2, len(symbols)))
-        types = "trade,quote,book" if rng.random() < 0.2 else "trade,quote"
+        kinds = rng.random()  # quotes are most of the volume: half the clients take trades only
+        types = "trade" if kinds < 0.5 else "trade,quote" if kinds < 0.8 else "trade,quote,book"
         client = Client(f"c{index:03d}", sorted(chosen), types)
         if 0.4 <= roll < 0.55:
             client.max_rate = 2.0

@@ -113,11 +113,11 @@ class FeedSettings(BaseSettings):
         description="(symbol, dedup_id) pairs remembered feed-wide to drop resent ticks "
         "(0 = off); about 200 bytes each.",
     )
-    metrics_port: int | None = Field(
-        None,
-        ge=0,
-        le=65535,
-        description="Serve Prometheus metrics on this port (0 = a free one); unset = off.",
+    metrics: bool = Field(
+        True, description="Serve Prometheus metrics on --metrics-port (--no-metrics: off)."
+    )
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Port of the Prometheus metrics (0 = a free one)."
     )
     grace_period: float = Field(
         5.0, ge=0, description="Seconds SIGTERM waits for streams to end before cancelling them."

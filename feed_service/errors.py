@@ -19,6 +19,12 @@ class NotReady(FeedError):
     """The source is still loading: UNAVAILABLE."""
 
 
+class AlreadyStored(Exception):
+    """The backbone refused a batch holding a tick whose (symbol, dedup id) it already stored
+    (another replica took the same resent batch): nothing of the batch was stored. The ingest
+    path catches up with the stream, drops the known duplicates and stores the rest."""
+
+
 class LimitExceeded(FeedError):
     """Past a producer's rate or batch limit, or the feed's symbol cap: RESOURCE_EXHAUSTED."""
 

@@ -165,6 +165,10 @@ class TickHub:
         self._advanced.set()
         self._advanced = asyncio.Event()
 
+    async def catch_up(self) -> None:
+        """Return once this replica has read every tick stored so far (a shared backbone's
+        replicas read the others' ticks a moment after they are stored; here: at once)."""
+
     async def wait_beyond(self, offset: int, max_wait: float) -> bool:
         """Wait until the head passes ``offset``; False when ``max_wait`` seconds pass first."""
         if self.history.head_offset > offset:

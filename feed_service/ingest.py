@@ -21,7 +21,7 @@ from tickstream_common.book import is_zero
 from tickstream_common.symbols import SYMBOL_PATTERN, is_valid_symbol
 
 from .bars import BarMaker
-from .errors import InvalidRequest, LimitExceeded
+from .errors import AlreadyStored, InvalidRequest, LimitExceeded, NotReady
 from .hub import TickHub
 from .liveness import SourceHandle
 
@@ -260,16 +260,34 @@ class Ingestor:
         if not kept:
             return IngestResult(0, len(drafts), hub.head_offset)
         now_ns = hub.clock_ns()
-        async with self._bar_lock:  # a bar's updates are stored in the order they are made
-            bars, commit = self.bars.on_trades(kept, now_ns)
-            last = await hub.append([*kept, *bars] if bars else kept, now_ns)
-            commit()
+        try:
+            last = await self._append(kept, now_ns)
+        except AlreadyStored:
+            # Another replica stored some of them (a producer resent the batch there first):
+            # once this one has read that far, its window knows which; the rest is stored.
+            await hub.catch_up()
+            kept, keys = self._without_duplicates(drafts)
+            if not kept:
+                return IngestResult(0, len(drafts), hub.head_offset)
+            try:
+                last = await self._append(kept, now_ns)
+            except AlreadyStored:
+                raise NotReady("a tick of the batch was stored meanwhile; retry") from None
         dedup = self.dedup
         if dedup.capacity:
             for key in keys:  # only once stored: a refused batch may be sent again
                 dedup.add(key)
         source.record(len(kept), now_ns)
         return IngestResult(len(kept), len(drafts) - len(kept), last)
+
+    async def _append(self, kept: Sequence[ingest_pb2.TickDraft], now_ns: int) -> int:
+        """Store ``kept`` and the bar updates their trades make; the last offset. Raises as
+        ``TickHub.append`` does (the bars are made again at the next attempt)."""
+        async with self._bar_lock:  # a bar's updates are stored in the order they are made
+            bars, commit = self.bars.on_trades(kept, now_ns)
+            last = await self._hub.append([*kept, *bars] if bars else kept, now_ns)
+            commit()
+        return last
 
     def _check_book_starts(self, drafts: Sequence[ingest_pb2.TickDraft]) -> None:
         """Raise InvalidDraft for a book update of a symbol that has no book yet (no snapshot

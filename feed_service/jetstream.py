@@ -28,10 +28,11 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from tickstream.v1 import feed_pb2, ingest_pb2
 
+from .errors import NotReady
 from .history import TickHistory
 from .hub import TickHub
 from .ingest import DedupWindow
-from .jetstream_writer import DEDUP_HEADER, LogWriter
+from .jetstream_writer import APPEND_DEADLINE_S, DEDUP_HEADER, LogWriter
 from .liveness import Liveness
 from .subjects import TickSubjects, symbol_token
 from .wire import StoredTick, varint
@@ -157,6 +158,21 @@ class JetStreamHub(TickHub):
         for start in range(0, len(drafts), MAX_ATOMIC_BATCH):
             last = await self._writer.append(drafts[start : start + MAX_ATOMIC_BATCH], ingest_ns)
         return last
+
+    async def catch_up(self) -> None:
+        """Wait (at most APPEND_DEADLINE_S) until this replica has read the stream up to its
+        last message now: then its dedup window holds every dedup id stored so far. Raises
+        NotReady when the stream cannot be asked or read that far in time."""
+        assert self._nc is not None
+        try:
+            info = await self._nc.jetstream(timeout=API_TIMEOUT_S).stream_info(self._stream)
+        except (nats.errors.Error, OSError) as error:
+            raise NotReady(f"the backbone (NATS JetStream) did not answer: {error!r}") from None
+        deadline = time.monotonic() + APPEND_DEADLINE_S
+        while self.head_offset < info.state.last_seq:
+            if time.monotonic() > deadline:
+                raise NotReady("this replica is behind the backbone's stream; retry")
+            await self.wait_beyond(info.state.last_seq - 1, 1.0)
 
     async def declare(self, infos: Iterable[feed_pb2.SymbolInfo]) -> None:
         """Declare symbols here and, through the symbols bucket, on every replica."""

@@ -134,14 +134,17 @@ class FeedServer:
         """Bind the port (logging the address) and start loading and publishing the source."""
         host = self.settings.host
         shown_host = f"[{host}]" if ":" in host else host
-        if self.settings.metrics_port is not None:
+        if self.settings.metrics:
             try:
                 httpd, _ = start_http_server(
                     self.settings.metrics_port, addr=host, registry=self.metrics.registry
                 )
             except OSError as error:
                 port = self.settings.metrics_port
-                raise OSError(f"cannot serve metrics on port {port}: {error}") from None
+                raise OSError(
+                    f"cannot serve metrics on port {port}: {error} (choose another with "
+                    "--metrics-port, or --no-metrics)"
+                ) from None
             self.metrics_port = httpd.server_port
         address = f"{shown_host}:{self.settings.port}"
         try:

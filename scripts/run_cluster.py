@@ -10,7 +10,8 @@ Each edge is given both feed replicas (in opposite orders) and fails over betwee
 (``deploy/nginx-cluster.conf``) spreads clients over the edges and sends a reconnecting one, with
 its Last-Event-ID, to whichever is up. Without nginx installed, the edges are served directly.
 
-Ports: NATS_PORTS, NATS_ROUTE_PORTS, FEED_PORTS, EDGE_PORTS (comma-separated) and PROXY_PORT;
+Ports: NATS_PORTS, NATS_ROUTE_PORTS, FEED_PORTS, FEED_METRICS_PORTS, EDGE_PORTS (comma-separated)
+and PROXY_PORT;
 state (JetStream files, nginx scratch) goes to CLUSTER_DIR (default .cluster/). Ctrl-C (or
 SIGTERM) stops everything.
 """
@@ -85,13 +86,15 @@ def commands(state: Path) -> list[list[str]]:
     nats = ports("NATS_PORTS", "4222,4223,4224")
     routes = ports("NATS_ROUTE_PORTS", "6222,6223,6224")
     feeds, edges = ports("FEED_PORTS", "50051,50052"), ports("EDGE_PORTS", "8001,8002")
+    metrics = ports("FEED_METRICS_PORTS", "9464,9465")
     started = nats_commands(state, nats, routes)
     backbone = ["--backbone", "nats", "--nats-replicas", str(min(3, len(nats)))]
     backbone += ["--nats-url", ",".join(f"nats://127.0.0.1:{port}" for port in nats)]
     replay = ["--source", "replay", "--replay-path", str(DATA), "--speed", "1", "--loop"]
     python = [sys.executable, "-m"]
-    for port, source in zip(feeds, [replay, ["--source", "none"]], strict=True):
-        started.append([*python, "feed_service", "--port", str(port), *source, *backbone])
+    for port, metric, source in zip(feeds, metrics, [replay, ["--source", "none"]], strict=True):
+        feed = ["feed_service", "--port", str(port), "--metrics-port", str(metric)]
+        started.append([*python, *feed, *source, *backbone])
     targets = [f"127.0.0.1:{port}" for port in feeds]
     for index, port in enumerate(edges):
         order = ",".join(targets[index:] + targets[:index])

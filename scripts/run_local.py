@@ -21,6 +21,7 @@ DATA = ROOT / "data" / "binance" / "spot"
 
 def main() -> int:
     feed_port = os.environ.get("FEED_PORT", "50051")
+    metrics_port = os.environ.setdefault("FEED_METRICS_PORT", "9464")
     edge_port = os.environ.get("EDGE_PORT", "8000")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("EDGE_FEED_TARGET", f"127.0.0.1:{feed_port}")
@@ -54,6 +55,8 @@ def main() -> int:
             f"  symbols       {base}/symbols\n"
             f"  API document  {base}/openapi.json\n"
             f"  gRPC feed     127.0.0.1:{feed_port} (tickstream.v1.FeedService, reflection on)\n"
+            f"  metrics       {base}/metrics (edge), "
+            f"http://127.0.0.1:{metrics_port}/metrics (feed)\n"
             "Ctrl-C stops both.\n",
             flush=True,
         )

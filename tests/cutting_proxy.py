@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 
 class CuttingProxy:
@@ -24,6 +24,9 @@ class CuttingProxy:
         self.cuts = 0
         self._loop = asyncio.new_event_loop()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._marker: bytes | None = None  # see cut_after
+        self._dropping = False
+        self.triggered = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cutting-proxy", daemon=True)
 
@@ -51,6 +54,23 @@ class CuttingProxy:
         done = asyncio.run_coroutine_threadsafe(self._cut(), self._loop)
         self.cuts += 1
         return done.result(10)
+
+    def cut_after(self, marker: bytes, delay: float = 0.3) -> None:
+        """Once a client sends bytes holding ``marker``: pass them on, drop every answer from
+        then on, and ``delay`` s later reset every connection: a path lost just after a request
+        went out, so the server acts on it and its answer never arrives."""
+        self._marker, self._delay = marker, delay
+
+    async def _client_chunk(self, chunk: bytes) -> None:
+        if self._marker is not None and self._marker in chunk:
+            self._marker, self._dropping = None, True
+            self.triggered.set()
+            self._loop.call_later(self._delay, lambda: asyncio.ensure_future(self._end_drop()))
+
+    async def _end_drop(self) -> None:
+        await self._cut()
+        self.cuts += 1
+        self._dropping = False
 
     async def _cut(self) -> int:
         writers, self._writers = self._writers, set()
@@ -82,18 +102,31 @@ class CuttingProxy:
             return
         self._writers |= {writer, up_writer}
         await asyncio.gather(
-            _pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True
+            _pipe(reader, up_writer, after=self._client_chunk),
+            _pipe(up_reader, writer, drop=lambda: self._dropping),
+            return_exceptions=True,
         )
         for each in (writer, up_writer):
             self._writers.discard(each)
             each.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    after: Callable[[bytes], Awaitable[None]] | None = None,
+    drop: Callable[[], bool] | None = None,
+) -> None:
+    """Forward ``reader`` to ``writer``; ``after(chunk)`` once each chunk is passed on; while
+    ``drop()`` is true, chunks are dropped instead."""
     try:
         while chunk := await reader.read(65_536):
+            if drop is not None and drop():
+                continue
             writer.write(chunk)
             await writer.drain()
+            if after is not None:
+                await after(chunk)
     finally:
         writer.transport.abort()
 

@@ -189,7 +189,9 @@ async def test_the_edge_presents_its_feed_token(token_feed: tuple[int, Path]) ->
 def test_a_tokens_file_with_a_string_for_symbols_is_refused(tmp_path: Path) -> None:
     tokens = tmp_path / "clients.json"
     tokens.write_text('{"clients": [{"name": "q", "token": "t-0123456789", "symbols": "BBB*"}]}')
-    feed = spawn("feed", "feed_service", ["--port", "0", "--client-tokens", str(tokens)])
+    feed = spawn(
+        "feed", "feed_service", ["--port", "0", "--no-metrics", "--client-tokens", str(tokens)]
+    )
     try:
         assert feed.popen.wait(30) == 2, "a bare string would read as the patterns B, B, B, *"
         feed.wait_for_line(r"symbols must be a list of strings")

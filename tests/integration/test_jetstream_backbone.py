@@ -20,13 +20,18 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, ingest_pb2, ingest_pb2_grpc, tick_pb2
 
+from feed_service.errors import AlreadyStored
+from feed_service.jetstream_writer import LogWriter
+from feed_service.subjects import TickSubjects
 from tests.conftest import nats_args
+from tests.cutting_proxy import cutting_proxy
 from tests.integration.test_publish import publish
 from tests.support import (
     BTC_FILE,
     BTC_TICKS,
     LIVE_REPLAY,
     ServiceProcess,
+    metric_value,
     nats_url,
     replay_args,
     services,
@@ -358,3 +363,68 @@ async def test_a_replica_does_not_change_the_limits_of_an_existing_stream(
             finally:
                 await client.close()
             assert info.config.max_msgs == 5000
+
+
+async def test_a_batch_whose_acknowledgement_is_lost_with_the_connection_is_stored_once(
+    one_node: ServiceProcess,
+) -> None:
+    """Regression (found by the chaos run): the feed's connection to NATS broke after a
+    batch's commit went out, so the batch was stored but its acknowledgement lost; the writer
+    took that for a failed attempt and stored the batch again (five trades appeared twice).
+    Fix: an attempt that failed with any connection error is looked for before the next."""
+    with cutting_proxy(one_node.port) as proxy:
+        url = ["--backbone", "nats", "--nats-url", f"nats://127.0.0.1:{proxy.port}"]
+        feed = start_feed(*NO_SOURCE, *url, "--nats-stream", "TICKS")
+        with services(feed):
+            await publish(target(feed), producer_batches("warm", 1))  # the stream exists
+            proxy.cut_after(b"Nats-Batch-Commit")
+            batch = [ingest_pb2.PublishRequest(ticks=[trade("LOST", "p", n) for n in range(5)])]
+            acks = await publish(target(feed), batch)
+            assert proxy.triggered.is_set() and proxy.cuts == 1
+            assert [(ack.accepted, ack.duplicates) for ack in acks] == [(5, 0)]
+            wait_head(feed, 7)  # 2 warm-up trades and the 5
+            await asyncio.sleep(1.0)
+            assert metric_value(feed, "tickstream_feed_head_offset") == 7, "stored once"
+            _, ticks = await ticks_from(feed, 5, symbols=("LOST",))
+            print("RETRIES", retries(feed, "error"), retries(feed, "unsure"), feed.output())
+            assert retries(feed, "error") + retries(feed, "unsure") >= 1
+    assert assert_one_sequence(ticks, "LOST") == [f"p-{n}" for n in range(5)]
+
+
+async def test_a_batch_stored_through_one_writer_is_refused_whole_through_another(
+    one_node: ServiceProcess,
+) -> None:
+    """Regression (found by the chaos run): a producer resent an unacknowledged batch through
+    the other replica before that one had read the first copy from the stream, and the batch
+    was stored twice. Each tick with a dedup id now carries ``Nats-Msg-Id``
+    ``<symbol>:<dedup id>``, so JetStream refuses a second copy whichever replica sends it:
+    here a second writer, which knows nothing of the first, gets AlreadyStored, nothing more is
+    stored, and the drafts keep their dedup ids for the caller to filter."""
+    feed = start_feed(*NO_SOURCE, *nats_args(one_node, "TICKS"))  # creates the stream
+    with services(feed):
+        first, second = (
+            await nats.connect(nats_url(one_node)),
+            await nats.connect(nats_url(one_node)),
+        )
+        try:
+            writers = [
+                LogWriter(nc, nc.jetstream(), "TICKS", TickSubjects("TICKS"))
+                for nc in (first, second)
+            ]
+            batch = [trade("TWICE", "p", n) for n in range(3)]
+            last = await writers[0].append(
+                [ingest_pb2.TickDraft.FromString(d.SerializeToString()) for d in batch], 1
+            )
+            single = [trade("ONCE", "p", 0)]
+            await writers[0].append(
+                [ingest_pb2.TickDraft.FromString(d.SerializeToString()) for d in single], 1
+            )
+            for drafts in (batch, single):
+                with pytest.raises(AlreadyStored):
+                    await writers[1].append(drafts, 1)
+                assert all(d.dedup_id for d in drafts), "given back with their dedup ids"
+            info = await first.jetstream().stream_info("TICKS")
+            assert (last, info.state.last_seq) == (3, 4), "nothing stored twice"
+        finally:
+            await first.close()
+            await second.close()

@@ -38,8 +38,9 @@ def start_make(target: str, env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def test_make_run_serves_real_btcusdt_ticks_within_15_seconds() -> None:
-    feed_port, edge_port = free_port(), free_port()
+    feed_port, edge_port, metrics_port = free_port(), free_port(), free_port()
     env = {**os.environ, "FEED_PORT": str(feed_port), "EDGE_PORT": str(edge_port)}
+    env["FEED_METRICS_PORT"] = str(metrics_port)
     started = time.monotonic()
     make = start_make("run", env)
     tick = None
@@ -60,6 +61,7 @@ def test_make_run_serves_real_btcusdt_ticks_within_15_seconds() -> None:
                 time.sleep(0.2)
         elapsed = time.monotonic() - started
         time.sleep(1.5)  # make run polls /readyz every 0.2 s, then prints where to look
+        feed_metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
     finally:
         os.killpg(make.pid, signal.SIGTERM)
         output, _ = make.communicate(timeout=30)
@@ -69,6 +71,7 @@ def test_make_run_serves_real_btcusdt_ticks_within_15_seconds() -> None:
     body = tick.get("trade") or tick["quote"]
     assert all("." in value for key, value in body.items() if key.endswith(("price", "Price")))
     assert f"http://127.0.0.1:{edge_port}/" in output, "make run prints where to look"
+    assert "tickstream_feed_head_offset" in feed_metrics.text, "the feed's metrics are on"
 
 
 def test_make_run_cluster_serves_ticks_through_nginx_and_stops_cleanly(tmp_path: Path) -> None:
@@ -76,6 +79,7 @@ def test_make_run_cluster_serves_ticks_through_nginx_and_stops_cleanly(tmp_path:
         "NATS_PORTS": ",".join(str(free_port()) for _ in range(3)),
         "NATS_ROUTE_PORTS": ",".join(str(free_port()) for _ in range(3)),
         "FEED_PORTS": f"{free_port()},{free_port()}",
+        "FEED_METRICS_PORTS": f"{free_port()},{free_port()}",
         "EDGE_PORTS": f"{free_port()},{free_port()}",
         "PROXY_PORT": str(free_port()),
     }

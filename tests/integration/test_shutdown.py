@@ -87,8 +87,8 @@ def test_a_feed_whose_recording_is_missing_exits_2_with_one_line(tmp_path: Path)
     NOT_SERVING (issue 14)."""
     for path in (tmp_path / "missing.gz", _empty_recording(tmp_path)):
         result = subprocess.run(
-            [sys.executable, "-m", "feed_service", "--port", "0", "--source", "replay",
-             "--replay-path", str(path)],
+            [sys.executable, "-m", "feed_service", "--port", "0", "--no-metrics",
+             "--source", "replay", "--replay-path", str(path)],
             capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
         )  # fmt: skip
         assert result.returncode == 2, result.stderr

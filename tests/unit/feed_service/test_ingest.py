@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 from tickstream.v1 import ingest_pb2, tick_pb2
 
-from feed_service.errors import LimitExceeded, NotReady
+from feed_service.errors import AlreadyStored, LimitExceeded, NotReady
 from feed_service.hub import TickHub
 from feed_service.ingest import DedupWindow, Ingestor, InvalidDraft, check_draft, make_draft
 from feed_service.liveness import Liveness
@@ -168,3 +168,34 @@ async def test_a_book_update_needs_the_symbols_snapshot_first() -> None:
     result = await ingest.ingest([snapshot, book([("1", "0")])], handle)  # one batch: fine
     assert result.accepted == 2
     assert (await ingest.ingest([book([("1.5", "3")])], handle)).accepted == 1
+
+
+class SharedStreamHub(TickHub):
+    """A hub on a shared stream where another replica stored ``elsewhere`` (symbol, dedup id)
+    pairs this one has not read yet: the backbone refuses a batch holding one (AlreadyStored),
+    and ``catch_up`` reads them into the ingest path's window."""
+
+    def __init__(self, elsewhere: set[tuple[str, str]]) -> None:
+        super().__init__(history_size=100)
+        self.elsewhere, self.window = elsewhere, DedupWindow(0)
+        self.refused = 0
+
+    async def append(self, drafts: Sequence[ingest_pb2.TickDraft], ingest_ns: int) -> int:
+        if any((d.symbol, d.dedup_id) in self.elsewhere for d in drafts):
+            self.refused += 1
+            raise AlreadyStored("a dedup id is stored already")
+        return await super().append(drafts, ingest_ns)
+
+    async def catch_up(self) -> None:
+        for key in self.elsewhere:
+            self.window.add(key)
+
+
+async def test_ticks_another_replica_stored_are_duplicates_and_the_rest_is_stored() -> None:
+    hub = SharedStreamHub({("NEW", "b")})
+    ingest = Ingestor(hub, dedup_window=100, max_symbols=10)
+    hub.window = ingest.dedup
+    result = await ingest.ingest(
+        [trade(dedup="a"), trade(dedup="b"), trade(dedup="c")], Liveness(5).source("p")
+    )
+    assert (result.accepted, result.duplicates, hub.refused, hub.head_offset) == (2, 1, 1, 2)

@@ -1,0 +1,203 @@
+"""Hostile clients against the edge alone (issue 14): the healthy streams' latency with no
+attack (the bare baseline of this run), then under 1,000 slowloris connections, under 100 MiB
+request heads sent one after another, and under a connect flood of 5,000 attempts in 10 s.
+
+    .venv/bin/python bench/hostile.py [--clients 100] [--seconds 10]
+
+The healthy streams are the C load client's (bench/sseload.c; 127.0.0.2-3), reading a
+synthetic symbol at 200 ticks/s; the attacker is a separate process on 127.0.0.200, so the
+edge's per-address limits (--connect-rate 50, --connect-burst 100, --max-streams-per-client 100)
+apply to it alone. Prints a table, writes bench/results/<date>-hostile.json. All loopback,
+bounded in time; everything started here is stopped here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import free_port, run_load, start, wait_http
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+ATTACKER = "127.0.0.200"
+HUGE = 100 * 1024 * 1024
+EDGE_LIMITS = ["--connect-rate", "50", "--connect-burst", "100", "--max-streams-per-client", "100"]
+
+
+async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(ATTACKER, 0))
+
+
+async def slowloris(port: int, seconds: float, held: int = 1000) -> dict[str, int]:
+    """Keep ``held`` unfinished request heads open, a header line every 2 s; reopen each one
+    the edge closes."""
+    stop = time.monotonic() + seconds
+    counts: Counter[str] = Counter()
+
+    async def one() -> None:
+        while time.monotonic() < stop:
+            try:
+                reader, writer = await _connect(port)
+            except OSError:
+                counts["connect_failed"] += 1
+                await asyncio.sleep(0.5)
+                continue
+            counts["opened"] += 1
+            writer.write(b"GET /sse/AAA HTTP/1.1\r\nHost: edge\r\n")
+            try:
+                while time.monotonic() < stop:
+                    writer.write(b"X-Slow: 1\r\n")
+                    await writer.drain()
+                    with contextlib.suppress(TimeoutError):
+                        if await asyncio.wait_for(reader.read(1024), 2.0) == b"":
+                            counts["closed_by_edge"] += 1
+                            break
+            except OSError:
+                counts["closed_by_edge"] += 1
+            writer.close()
+
+    await asyncio.gather(*(one() for _ in range(held)))
+    return dict(counts)
+
+
+def _huge_once(port: int) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), source_address=(ATTACKER, 0)) as sock:
+        sock.sendall(b"GET /sse/AAA HTTP/1.1\r\nHost: edge\r\nX-Huge: ")
+        sent, chunk = 0, b"a" * 65_536
+        with contextlib.suppress(OSError):
+            while sent < HUGE:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        sock.settimeout(5)
+        try:
+            return sent, sock.recv(64)
+        except OSError:
+            return sent, b""
+
+
+async def huge_heads(port: int, seconds: float) -> dict[str, int]:
+    """Send 100 MiB request heads, one after another, for ``seconds``."""
+    stop = time.monotonic() + seconds
+    counts: Counter[str] = Counter()
+    while time.monotonic() < stop:
+        sent, reply = await asyncio.to_thread(_huge_once, port)
+        counts["heads"] += 1
+        counts["bytes_taken"] += sent
+        counts["answered_431"] += reply.startswith(b"HTTP/1.1 431")
+    counts["bytes_per_head"] = counts["bytes_taken"] // max(1, counts["heads"])
+    return dict(counts)
+
+
+async def connect_flood(port: int, seconds: float, attempts: int = 5000) -> dict[str, int]:
+    """``attempts`` SSE connects spread evenly over ``seconds``; each reads the status line and
+    closes."""
+    counts: Counter[str] = Counter()
+
+    async def attempt() -> None:
+        try:
+            reader, writer = await _connect(port)
+            writer.write(b"GET /sse/AAA HTTP/1.1\r\nHost: edge\r\n\r\n")
+            line = await asyncio.wait_for(reader.readline(), 10)
+            counts[line.split(b" ")[1].decode() if line.count(b" ") >= 2 else "closed"] += 1
+            writer.close()
+        except (OSError, TimeoutError):
+            counts["failed"] += 1
+
+    started = time.monotonic()
+    tasks = []
+    for index in range(attempts):
+        await asyncio.sleep(max(0.0, started + index * seconds / attempts - time.monotonic()))
+        tasks.append(asyncio.create_task(attempt()))
+    await asyncio.gather(*tasks)
+    counts["attempts"] = attempts
+    counts["seconds"] = round(time.monotonic() - started)
+    return dict(counts)
+
+
+ATTACKS = {"slowloris": slowloris, "huge": huge_heads, "flood": connect_flood}
+
+
+def attack_main(kind: str, port: int, seconds: float) -> None:
+    print(json.dumps(asyncio.run(ATTACKS[kind](port, seconds))), flush=True)
+
+
+def phase(port: int, kind: str | None, args: argparse.Namespace) -> dict[str, object]:
+    """The healthy clients' figures over ``args.seconds`` while ``kind`` attacks (None: none)."""
+    attacker = None
+    if kind is not None:
+        command = [PY, __file__, "--attack", kind, "--port", str(port)]
+        command += ["--seconds", str(args.seconds + 6)]
+        attacker = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        time.sleep(3.0)  # the attack is under way before the window opens
+    try:
+        figures = run_load(port, "/sse/AAA", args.clients, args.seconds, cpu=None, check_ids=True)
+    finally:
+        stats = {}
+        if attacker is not None:
+            output, _ = attacker.communicate(timeout=args.seconds + 120)
+            stats = json.loads(output.strip().splitlines()[-1]) if output.strip() else {}
+    return {"attack": kind or "none", "healthy": figures, "attacker": stats}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--attack", choices=sorted(ATTACKS))
+    parser.add_argument("--port", type=int)
+    args = parser.parse_args()
+    if args.attack:
+        attack_main(args.attack, args.port, args.seconds)
+        return 0
+    logs = ROOT / "bench" / "results" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    feed_port, edge_port = free_port(), free_port()
+    feed_args = ["feed_service", "--port", str(feed_port), "--no-metrics", "--symbols", "AAA"]
+    feed_args += ["--rate", "200", "--bar-intervals", ""]
+    edge_args = ["edge_service", "--port", str(edge_port), *EDGE_LIMITS]
+    edge_args += ["--feed-target", f"127.0.0.1:{feed_port}"]
+    feed = start("feed", [PY, "-m", *feed_args], logs, cpu=None)
+    edge = start("edge", [PY, "-m", *edge_args], logs, cpu=None)
+    try:
+        wait_http(f"http://127.0.0.1:{edge_port}/readyz", proc=edge)
+        results = [phase(edge_port, kind, args) for kind in (None, "slowloris", "huge", "flood")]
+    finally:
+        edge.stop()
+        feed.stop()
+    report(results)
+    out = ROOT / "bench" / "results" / f"{date.today()}-hostile.json"
+    out.write_text(json.dumps(results, indent=1) + "\n", "utf-8")
+    print(f"written {out.relative_to(ROOT)}")
+    return 0
+
+
+def report(results: list[dict[str, object]]) -> None:
+    base = results[0]["healthy"]
+    assert isinstance(base, dict)
+    print(f"\n{'attack':<12}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99 x':>7}  attacker")
+    for result in results:
+        healthy = result["healthy"]
+        assert isinstance(healthy, dict)
+        ratio = float(healthy["p99_ms"]) / max(float(base["p99_ms"]), 0.001)
+        print(
+            f"{result['attack']:<12}{healthy['events_per_s']:>10}{healthy['p50_ms']:>9.1f}"
+            f"{healthy['p99_ms']:>9.1f}{ratio:>7.2f}  {json.dumps(result['attacker'])}"
+        )
+        keys = ("id_gaps", "id_repeats", "closed_early", "errors", "clients_with_no_events")
+        print(f"{'':<12}healthy streams: " + ", ".join(f"{k} {healthy.get(k)}" for k in keys))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
