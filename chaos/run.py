@@ -70,7 +70,7 @@ class Run:
         elif fault.action == "stall":
             edge = self.rng.choice(stack.edge_urls)
             self.tasks.append(asyncio.create_task(stall(edge, SYMBOLS[:2], self.stop)))
-        self.done[fault.target or fault.action] += 1
+        self.done[f"{fault.action} {fault.target}".strip()] += 1
 
     async def faults(self, schedule: list[Fault]) -> None:
         for fault in schedule:

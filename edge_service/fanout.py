@@ -75,7 +75,9 @@ class FanOut:
                     sink.write_framed(framed)
                     outbox.active = True
                     writes += 1
-                session.cursor = last.watermark
+                # Never back: a resumed client's catch-up may have run ahead of the upstream,
+                # and a cursor set back would let the upstream's next ticks out a second time.
+                session.cursor = max(session.cursor, last.watermark)
             else:
                 for dispatch in pending:
                     session.on_ticks(self.source, dispatch)

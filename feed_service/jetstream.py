@@ -160,19 +160,17 @@ class JetStreamHub(TickHub):
         return last
 
     async def catch_up(self) -> None:
-        """Wait (at most APPEND_DEADLINE_S) until this replica has read the stream up to its
-        last message now: then its dedup window holds every dedup id stored so far. Raises
-        NotReady when the stream cannot be asked or read that far in time."""
+        """Read the stream up to its last message now (its dedup ids then in the window); at
+        most APPEND_DEADLINE_S. Raises NotReady when it cannot be asked or read that far."""
         assert self._nc is not None
         try:
             info = await self._nc.jetstream(timeout=API_TIMEOUT_S).stream_info(self._stream)
         except (nats.errors.Error, OSError) as error:
             raise NotReady(f"the backbone (NATS JetStream) did not answer: {error!r}") from None
-        deadline = time.monotonic() + APPEND_DEADLINE_S
-        while self.head_offset < info.state.last_seq:
-            if time.monotonic() > deadline:
+        last, deadline = info.state.last_seq, time.monotonic() + APPEND_DEADLINE_S
+        while self.head_offset < last:
+            if not await self.wait_beyond(last - 1, deadline - time.monotonic()):
                 raise NotReady("this replica is behind the backbone's stream; retry")
-            await self.wait_beyond(info.state.last_seq - 1, 1.0)
 
     async def declare(self, infos: Iterable[feed_pb2.SymbolInfo]) -> None:
         """Declare symbols here and, through the symbols bucket, on every replica."""

@@ -62,3 +62,21 @@ async def test_dispatches_of_one_loop_turn_go_out_in_one_write_per_client() -> N
     await asyncio.sleep(0)
     assert sink.writes == [chunk_frame(b"".join(t.frame for t in first + second))]
     assert client.cursor == 3
+
+
+async def test_a_client_ahead_of_its_upstream_is_never_moved_back_or_sent_a_tick_twice() -> None:
+    """Regression (found by the chaos run): a resumed client whose catch-up ran ahead of its
+    symbol's shared upstream (the edge had been SIGSTOPped mid-catch-up) got a tick-less
+    dispatch, which set its cursor back to the upstream's watermark; the upstream's next ticks,
+    already sent by the catch-up, then went out again (64 trades twice). Fix: the pass only
+    moves a cursor forward, and ticks at or below it take the session path, which skips them."""
+    a = FakeUpstream("A", watermark=3)
+    sink = FakeSink()
+    client = joined(a, sink)
+    client.cursor = 8  # delivered through 8 by its catch-up; the upstream is at 3
+    a.deliver([], watermark=4)  # progress only
+    await asyncio.sleep(0)
+    assert client.cursor == 8
+    a.deliver(trades(a, [5, 7, 9]), watermark=9)
+    await asyncio.sleep(0)
+    assert offsets_sent(client) == [9] and client.cursor == 9
