@@ -17,14 +17,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# What running needs, no more (make run on a fresh machine): the services' dependencies, not
-# compiled to bytecode up front, and nats-server for run-cluster. A dev install covers it.
+# What running needs, no more (make run on a fresh machine): the services' dependencies only;
+# the services run from the checkout (scripts/run_local.py sets PYTHONPATH), so the project is
+# not built. run-cluster adds nats-server. A dev install (make test) covers both.
 RUN_STAMP := $(VENV)/.runtime-installed
+CLUSTER_STAMP := $(VENV)/.cluster-installed
 $(RUN_STAMP): pyproject.toml
 	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then touch $@; else \
 	  set -e; test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 	  echo "installing what running needs into $(VENV) (make test adds the dev tools)"; \
-	  $(PY) -m pip install --quiet --no-compile -e '.[cluster]'; touch $@; fi
+	  $(PY) scripts/runtime_requirements.py > $(VENV)/runtime-requirements.txt; \
+	  $(PY) -m pip install --quiet -r $(VENV)/runtime-requirements.txt; touch $@; fi
+$(CLUSTER_STAMP): $(RUN_STAMP)
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then touch $@; else \
+	  set -e; $(PY) scripts/runtime_requirements.py cluster > $(VENV)/cluster-requirements.txt; \
+	  $(PY) -m pip install --quiet -r $(VENV)/cluster-requirements.txt; touch $@; fi
 
 # Regenerate the checked-in Python code from protos/ (protobuf, gRPC and mypy stubs).
 protos: $(STAMP)
@@ -119,7 +126,7 @@ soak: $(BENCH_STAMP)
 	$(PY) bench/soak.py
 
 # Three NATS nodes, two feed replicas on one JetStream stream, two edges, nginx (see the README).
-run-cluster: $(RUN_STAMP)
+run-cluster: $(CLUSTER_STAMP)
 	$(PY) scripts/run_cluster.py
 
 # The cluster under a seeded fault schedule with 200 SSE clients and a producer, then the

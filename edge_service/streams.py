@@ -168,7 +168,10 @@ async def open_stream(
 ) -> SseResponse:
     """Admit the stream, or raise the Problem that says why not (400, 401/403, 404, 429, 503)."""
     settings = edge.settings
-    check_known(request.query_params.keys(), STREAM_PARAMETERS)
+    known = STREAM_PARAMETERS
+    if "symbol" in request.path_params:  # /sse/{symbol} takes no symbols=
+        known = STREAM_PARAMETERS - {"symbols"}
+    check_known(request.query_params.keys(), known)
     symbols = parse_symbols(raw_symbols, settings.max_symbols)
     kinds = stream_kinds(options, edge.feed.bar_intervals)
     rate = parse_rate(options.max_rate)
