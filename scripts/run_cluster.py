@@ -120,9 +120,6 @@ def main() -> int:
     state = Path(os.environ.get("CLUSTER_DIR", ROOT / ".cluster"))
     state.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # The services run from this checkout (make run does not install the project itself).
-    paths = [str(ROOT), str(ROOT / "protos"), os.environ.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
     children = [subprocess.Popen(command, cwd=ROOT, env=env) for command in commands(state)]
 
     def stop(signum: int, _frame: object) -> None:

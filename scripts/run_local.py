@@ -24,9 +24,6 @@ def main() -> int:
     metrics_port = os.environ.setdefault("FEED_METRICS_PORT", "9464")
     edge_port = os.environ.get("EDGE_PORT", "8000")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # The services run from this checkout (make run does not install the project itself).
-    paths = [str(ROOT), str(ROOT / "protos"), os.environ.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
     env.setdefault("EDGE_FEED_TARGET", f"127.0.0.1:{feed_port}")
     feed_args = ["--source", "replay", "--replay-path", str(DATA), "--speed", "1", "--loop"]
     children = [
