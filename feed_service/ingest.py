@@ -21,7 +21,7 @@ from tickstream_common.book import is_zero
 from tickstream_common.symbols import SYMBOL_PATTERN, is_valid_symbol
 
 from .bars import BarMaker
-from .errors import AlreadyStored, InvalidRequest, LimitExceeded, NotReady
+from .errors import AlreadyStored, InvalidRequest, LimitExceeded
 from .hub import TickHub
 from .liveness import SourceHandle
 
@@ -263,22 +263,41 @@ class Ingestor:
         try:
             last = await self._append(kept, now_ns)
         except AlreadyStored:
-            # Another replica stored some of them (a producer resent the batch there first):
-            # once this one has read that far, its window knows which; the rest is stored.
-            await hub.catch_up()
-            kept, keys = self._without_duplicates(drafts)
-            if not kept:
-                return IngestResult(0, len(drafts), hub.head_offset)
-            try:
-                last = await self._append(kept, now_ns)
-            except AlreadyStored:
-                raise NotReady("a tick of the batch was stored meanwhile; retry") from None
+            last, kept, keys = await self._store_around_duplicates(drafts, now_ns)
         dedup = self.dedup
         if dedup.capacity:
             for key in keys:  # only once stored: a refused batch may be sent again
                 dedup.add(key)
         source.record(len(kept), now_ns)
         return IngestResult(len(kept), len(drafts) - len(kept), last)
+
+    async def _store_around_duplicates(
+        self, drafts: Sequence[ingest_pb2.TickDraft], now_ns: int
+    ) -> tuple[int, Sequence[ingest_pb2.TickDraft], list[tuple[str, str]]]:
+        """After the backbone refused ``drafts`` as holding a dedup id it stored already
+        (another replica took the same resent batch first): catch up, so this replica's window
+        knows what the others stored, and store the rest. Ticks the backbone still refuses (ids
+        this window has forgotten, within JetStream's own duplicate window) are then stored one
+        by one, the refused ones being the duplicates. (last offset, stored drafts, their keys)"""
+        await self._hub.catch_up()
+        kept, keys = self._without_duplicates(drafts)
+        if not kept:
+            return self._hub.head_offset, kept, keys
+        try:
+            return await self._append(kept, now_ns), kept, keys
+        except AlreadyStored:
+            pass
+        last, stored, stored_keys = self._hub.head_offset, [], []
+        for draft in kept:
+            key = (draft.symbol, draft.dedup_id)  # the backbone clears it once stored
+            try:
+                last = await self._append([draft], now_ns)
+            except AlreadyStored:
+                continue
+            stored.append(draft)
+            if key[1]:
+                stored_keys.append(key)
+        return last, stored, stored_keys
 
     async def _append(self, kept: Sequence[ingest_pb2.TickDraft], now_ns: int) -> int:
         """Store ``kept`` and the bar updates their trades make; the last offset. Raises as
@@ -326,6 +345,10 @@ class Ingestor:
         if not any(draft.dedup_id for draft in drafts):
             return drafts, []
         dedup = self.dedup
+        if not dedup.capacity:  # deduplication off: the ids go no further (nor to JetStream)
+            for draft in drafts:
+                draft.ClearField("dedup_id")
+            return drafts, []
         kept: list[ingest_pb2.TickDraft] = []
         keys: list[tuple[str, str]] = []
         in_batch: set[tuple[str, str]] = set()

@@ -143,39 +143,40 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
 
 
 REFUSALS = {
-    "no_token": "no authorization metadata with a bearer token",
-    "unknown_token": "its bearer token is not in --client-tokens",
+    "no_token": "the call carried no token in its authorization metadata",
+    "unknown_token": "the token the call carried is not in --client-tokens",
 }
 """Why a call is refused before any method runs: cause -> what it means."""
 
 
 class RefusalLog:
-    """Says why a client address is refused once per change of cause, not at every attempt
-    (an edge with a wrong token retries every second or so), and counts every refusal in
-    ``on_refused(cause)``. An address refused for the same cause again after ``quiet`` seconds
-    without refusals is logged again; at most ``limit`` addresses are remembered (past it,
-    all are forgotten)."""
+    """Says why a client address is refused once per address and cause, not at every attempt
+    (an edge with a wrong token retries every second or so; two misconfigured edges on one
+    host alternate causes), and counts every refusal in ``on_refused(cause)``. A pair refused
+    again after ``quiet`` seconds without refusals is logged again; at most ``limit`` pairs are
+    remembered (past it, all are forgotten)."""
 
     def __init__(
         self, on_refused: Callable[[str], None], quiet: float = 60.0, limit: int = 4096
     ) -> None:
-        self._last: dict[str, tuple[str, float]] = {}  # host -> (cause, when last refused)
+        self._last: dict[tuple[str, str], float] = {}  # (host, cause) -> when last refused
         self._on_refused = on_refused
         self._quiet, self._limit = quiet, limit
 
     def refused(self, peer: str, cause: str) -> None:
         """A call from ``peer`` (gRPC's ``ipv4:H:P`` form) was refused for ``cause``."""
         self._on_refused(cause)
-        host, now = peer_host(peer), time.monotonic()
-        last = self._last.get(host)
+        key, now = (peer_host(peer), cause), time.monotonic()
+        last = self._last.get(key)
         if len(self._last) >= self._limit and last is None:
             self._last.clear()
-        self._last[host] = (cause, now)
-        if last is not None and last[0] == cause and now - last[1] < self._quiet:
+        self._last[key] = now
+        if last is not None and now - last < self._quiet:
             return
         log.warning(
-            "refused a client at %s: %s (%s; logged again when that changes)",
-            host,
+            "refused a client at %s: %s (%s; not logged again for this address and cause "
+            "until a quiet minute)",
+            key[0],
             cause,
             REFUSALS.get(cause, cause),
         )
@@ -221,7 +222,7 @@ def _refusal(
         refusals.refused(context.peer(), cause)
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,
-            f"{REFUSALS[cause]}: a known bearer token is required in the authorization metadata",
+            f"{REFUSALS[cause]} (send 'authorization: Bearer <token>' with a known token)",
         )
 
     return _same_shape(handler, refuse)

@@ -1,7 +1,7 @@
 """``make run``: the feed replaying the bundled real data in a loop, and the edge, on loopback.
 
-Ports come from FEED_PORT (default 50051) and EDGE_PORT (default 8000); any other FEED_* / EDGE_*
-variable applies too. Ctrl-C (or SIGTERM) stops both.
+Ports come from FEED_PORT (default 50051), EDGE_PORT (default 8000) and FEED_METRICS_PORT
+(default 9464); any other FEED_* / EDGE_* variable applies too. Ctrl-C (or SIGTERM) stops both.
 """
 
 from __future__ import annotations

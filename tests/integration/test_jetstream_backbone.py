@@ -428,3 +428,25 @@ async def test_a_batch_stored_through_one_writer_is_refused_whole_through_anothe
         finally:
             await first.close()
             await second.close()
+
+
+async def test_a_resend_the_window_forgot_is_a_duplicate_and_with_dedup_off_is_stored(
+    one_node: ServiceProcess,
+) -> None:
+    """Regression (found by a breaker session): with JetStream refusing a known dedup id for
+    two minutes, a resend the feed's own window had forgotten got UNAVAILABLE until then, and
+    with --dedup-window 0 every resend did. Now the first is a duplicate (new ticks beside it
+    stored) and the second is stored again, as the README says of a window of 0."""
+    small = start_feed(*NO_SOURCE, *nats_args(one_node, "TICKS"), "--dedup-window", "2")
+    with services(small):
+        await publish(target(small), [ingest_pb2.PublishRequest(ticks=[trade("DW", "x", 0)])])
+        others = [ingest_pb2.PublishRequest(ticks=[trade("DW", "o", n)]) for n in range(3)]
+        await publish(target(small), others)  # the window of 2 forgets x-0
+        again = [trade("DW", "x", 0), trade("DW", "n", 0)]
+        acks = await publish(target(small), [ingest_pb2.PublishRequest(ticks=again)])
+        assert [(a.accepted, a.duplicates) for a in acks] == [(1, 1)]
+    off = start_feed(*NO_SOURCE, *nats_args(one_node, "TICKS"), "--dedup-window", "0")
+    with services(off):
+        resent = [ingest_pb2.PublishRequest(ticks=[trade("OFF", "y", 0)])] * 2
+        acks = await publish(target(off), resent)
+        assert [(a.accepted, a.duplicates) for a in acks] == [(1, 0), (1, 0)]

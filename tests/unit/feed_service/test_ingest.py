@@ -199,3 +199,27 @@ async def test_ticks_another_replica_stored_are_duplicates_and_the_rest_is_store
         [trade(dedup="a"), trade(dedup="b"), trade(dedup="c")], Liveness(5).source("p")
     )
     assert (result.accepted, result.duplicates, hub.refused, hub.head_offset) == (2, 1, 1, 2)
+
+
+async def test_ticks_only_the_backbone_still_knows_are_told_apart_one_by_one() -> None:
+    """The feed's window forgot an id that JetStream's duplicate window still holds: catching
+    up teaches nothing, so the batch is stored tick by tick and the refused tick counts as a
+    duplicate (not UNAVAILABLE until JetStream forgets it too)."""
+    hub = SharedStreamHub({("NEW", "b")})  # catch_up below teaches a window nobody reads
+    ingest = Ingestor(hub, dedup_window=100, max_symbols=10)
+    result = await ingest.ingest(
+        [trade(dedup="a"), trade(dedup="b"), trade(dedup="c")], Liveness(5).source("p")
+    )
+    assert (result.accepted, result.duplicates, hub.head_offset) == (2, 1, 2)
+    assert ("NEW", "a") in ingest.dedup and ("NEW", "b") not in ingest.dedup
+
+
+async def test_with_deduplication_off_a_resent_tick_is_stored_again() -> None:
+    hub = SharedStreamHub(set())
+    ingest = Ingestor(hub, dedup_window=0, max_symbols=10)
+    source = Liveness(5).source("p")
+    first, again = [trade(dedup="a")], [trade(dedup="a")]
+    await ingest.ingest(first, source)
+    result = await ingest.ingest(again, source)
+    assert (result.accepted, hub.head_offset) == (1, 2)
+    assert not again[0].dedup_id, "the id goes no further than the ingest path"
