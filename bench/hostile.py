@@ -1,6 +1,7 @@
 """Hostile clients against the edge alone (issue 14): the healthy streams' latency with no
-attack (the bare baseline of this run), then under 1,000 slowloris connections, under 100 MiB
-request heads sent one after another, and under a connect flood of 5,000 attempts in 10 s.
+attack (the bare baseline of this run), then under 1,000 slowloris connections, a 100 MiB
+request head each second, 100 MiB heads sent back to back (about a thousand a second, each cut
+off after a MiB or two), and a connect flood of 5,000 attempts in 10 s.
 
     .venv/bin/python bench/hostile.py [--clients 100] [--seconds 10]
 
@@ -87,12 +88,14 @@ def _huge_once(port: int) -> tuple[int, bytes]:
             return sent, b""
 
 
-async def huge_heads(port: int, seconds: float) -> dict[str, int]:
-    """Send 100 MiB request heads, one after another, for ``seconds``."""
+async def huge_heads(port: int, seconds: float, every: float = 0.0) -> dict[str, int]:
+    """Send 100 MiB request heads for ``seconds``: one after another, or one each ``every`` s."""
     stop = time.monotonic() + seconds
     counts: Counter[str] = Counter()
     while time.monotonic() < stop:
+        started = time.monotonic()
         sent, reply = await asyncio.to_thread(_huge_once, port)
+        await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
         counts["heads"] += 1
         counts["bytes_taken"] += sent
         counts["answered_431"] += reply.startswith(b"HTTP/1.1 431")
@@ -126,7 +129,19 @@ async def connect_flood(port: int, seconds: float, attempts: int = 5000) -> dict
     return dict(counts)
 
 
-ATTACKS = {"slowloris": slowloris, "huge": huge_heads, "flood": connect_flood}
+async def huge_each_second(port: int, seconds: float) -> dict[str, int]:
+    """A 100 MiB request head each second (the issue's "a 100 MiB header", repeated so that
+    every part of the window has one)."""
+    return await huge_heads(port, seconds, every=1.0)
+
+
+ATTACKS = {
+    "slowloris": slowloris,
+    "huge-1/s": huge_each_second,
+    "huge": huge_heads,
+    "flood": connect_flood,
+}
+PHASES = ("slowloris", "huge-1/s", "huge", "flood")
 
 
 def attack_main(kind: str, port: int, seconds: float) -> None:
@@ -156,6 +171,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--attack", choices=sorted(ATTACKS))
+    parser.add_argument("--phases", default=",".join(PHASES), help="attacks to run, in order")
     parser.add_argument("--port", type=int)
     args = parser.parse_args()
     if args.attack:
@@ -172,7 +188,8 @@ def main() -> int:
     edge = start("edge", [PY, "-m", *edge_args], logs, cpu=None)
     try:
         wait_http(f"http://127.0.0.1:{edge_port}/readyz", proc=edge)
-        results = [phase(edge_port, kind, args) for kind in (None, "slowloris", "huge", "flood")]
+        kinds = [None, *args.phases.split(",")]
+        results = [phase(edge_port, kind, args) for kind in kinds]
     finally:
         edge.stop()
         feed.stop()
