@@ -17,9 +17,10 @@ import uvicorn
 from tickstream_common.logs import configure_logging
 from tickstream_common.startup import exit_code, run_on_uvloop, run_service
 
-from .app import begin_shutdown, create_app
+from .app import EdgeApp, begin_shutdown, create_app
 from .config import EdgeSettings
-from .head_guard import HEAD_SLACK, guarded_protocol
+from .head_guard import HEAD_SLACK, GuardedHttpTools, guarded_protocol, refuse_over_rate
+from .limits import client_key
 from .workers import WorkerPool, stop_with_parent
 
 log = logging.getLogger("edge_service")
@@ -86,6 +87,19 @@ def head_limit(settings: EdgeSettings) -> int:
     return settings.max_request_target + settings.max_header_bytes + HEAD_SLACK
 
 
+def guard_connects(
+    protocol: type[GuardedHttpTools], app: EdgeApp, settings: EdgeSettings, allow: list[str] | str
+) -> None:
+    """Once the app's limits exist (its lifespan ran): refuse connections of addresses over
+    their connect rate before parsing them (see ``head_guard``)."""
+    if not settings.connect_rate:
+        return
+    limits = app.state.edge.registry.limits
+    prefix = settings.ipv6_prefix
+    allowed = allow if isinstance(allow, str) else ",".join(allow)
+    refuse_over_rate(protocol, lambda host: limits.over_rate(client_key(host, prefix)), allowed)
+
+
 def log_listening(host: str, port: int) -> None:
     """Log the start-up line ``edge_service listening on http://HOST:PORT`` (IPv6 bracketed)."""
     shown = f"[{host}]" if ":" in host else host
@@ -100,9 +114,11 @@ async def serve(
     ``X-Edge-Worker: <pid>``, so a client can tell which of ``--workers`` answered."""
     sock = bind_socket(settings)
     port = sock.getsockname()[1]
+    app = create_app(settings)
+    protocol = guarded_protocol(head_limit(settings), settings.header_timeout)
     config = uvicorn.Config(
-        create_app(settings),
-        http=guarded_protocol(head_limit(settings), settings.header_timeout),
+        app,
+        http=protocol,
         log_level=settings.log_level.lower(),
         access_log=False,
         log_config=None,  # uvicorn's own lines go through our handler and format
@@ -117,6 +133,7 @@ async def serve(
     while not server.started and not task.done():  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     if server.started:
+        guard_connects(protocol, app, settings, config.forwarded_allow_ips)
         on_started(settings.host, port)
         # Everything allocated at start-up lives as long as the process: move it out of the
         # cyclic collector's sight, and collect young objects less often (per-stream objects

@@ -83,6 +83,14 @@ class StreamLimits:
             )
         bucket.tokens -= 1
 
+    def over_rate(self, address: str) -> bool:
+        """True while ``address`` has no connect left (its next SSE connect would get 429);
+        spends nothing. For refusing its connections before any parsing (``head_guard``)."""
+        bucket = self._buckets.get(address) if self.connect_rate else None
+        if bucket is None:
+            return False
+        return bucket.tokens + (self._clock() - bucket.at) * self.connect_rate < 1
+
     def admit(self, address: str, token_key: str | None) -> Callable[[], None]:
         """Count a new stream of ``address`` (and ``token_key``, when authenticated); the
         function that un-counts it. Raises Problem 503 (process full) or 429 (a client's share

@@ -77,6 +77,29 @@ def test_connect_rate_per_address(feed: ServiceProcess) -> None:
         edge.stop()
 
 
+def test_an_address_over_its_connect_rate_is_refused_before_parsing(feed: ServiceProcess) -> None:
+    """Issue 14: a connect flood costs the edge its HTTP parser and app no more. While a (not
+    trusted-proxy) address has spent its connect rate, its new connections get a pre-built 429
+    (plain text, Retry-After) for their first bytes; once the rate refills, streams again."""
+    env = {"FORWARDED_ALLOW_IPS": "10.9.9.9"}  # loopback is an ordinary client here
+    edge = start_edge(feed.port, "--connect-rate", "1", "--connect-burst", "2", env=env)
+    url = f"http://127.0.0.1:{edge.port}/sse/AAA"
+    try:
+        replies = []
+        for _ in range(4):  # a new connection each (a pooled one would skip connection_made)
+            with httpx.Client(timeout=10) as http, http.stream("GET", url) as response:
+                replies.append((response.status_code, response.headers.get("content-type")))
+                retry_after = response.headers.get("retry-after")
+        assert replies[:2] == [(200, "text/event-stream; charset=utf-8")] * 2, replies
+        assert replies[2:] == [(429, "text/plain")] * 2, "refused before parsing, no problem doc"
+        assert retry_after == "1"
+        time.sleep(1.2)
+        with httpx.Client(timeout=10) as http, http.stream("GET", url) as response:
+            assert response.status_code == 200, "the budget refills"
+    finally:
+        edge.stop()
+
+
 def test_streams_per_token_subject(feed: ServiceProcess) -> None:
     edge = start_edge(
         feed.port,
