@@ -272,8 +272,7 @@ class ClientSession:
             self._emit_reset(reason, message, symbols)
 
     def on_status(self, source: TickSource, frame: bytes) -> None:
-        """A symbol turned stale or live: ``frame`` is its ``status`` event (no ``id``: a
-        state, not a position), queued at once, ahead of any tick that follows."""
+        """``frame``, a symbol's ``status`` event (no ``id``), queued ahead of later ticks."""
         self.outbox.push(frame)
 
     def on_closed(self, source: TickSource, reason: str) -> None:
