@@ -11,10 +11,10 @@ from tickstream.v1 import feed_pb2
 from tickstream_common.metrics import ServiceMetrics
 
 from .liveness import Liveness
+from .security import REFUSALS
 
 REJECT_CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "PERMISSION_DENIED")
 RESET_REASONS = tuple(name for name, number in feed_pb2.ResetReason.items() if number)
-REFUSAL_CAUSES = ("no_token", "unknown_token")
 PUBLISH_OUTCOMES = ("stored", "invalid", "denied", "limited", "unavailable")
 
 
@@ -69,9 +69,9 @@ class FeedMetrics(ServiceMetrics):
         self.refused_clients = self.counter(
             "refused_calls",
             "Calls refused before any method ran, by cause: no_token, unknown_token (each "
-            "client address's cause is also logged once per change).",
+            "client address and cause is also logged once).",
             label="cause",
-            known=REFUSAL_CAUSES,
+            known=tuple(REFUSALS),
         )
 
     def watch(self, liveness: Liveness) -> None:
