@@ -62,11 +62,25 @@ def metric(base: str, name: str) -> float:
     return float("nan")
 
 
+def rss_parts_mib(pid: int) -> dict[str, float]:
+    """The edge's resident memory split as /proc/PID/status splits it: anonymous (the heaps:
+    Python's, glibc's, grpc core's) and file-backed (shared-library code faulted in), in MiB."""
+    parts = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            parts[key.lower().replace("rss", "rss_") + "_mib"] = round(
+                int(value.split()[0]) / 1024, 1
+            )
+    return parts
+
+
 def sample(minute: int, pid: int, base: str, figures: dict[str, object]) -> dict[str, object]:
     time.sleep(2.0)  # the minute's clients have gone: what stays is what would leak
     return {
         "minute": minute,
         "rss_mib": round(rss_kib([pid]) / 1024, 1),
+        **rss_parts_mib(pid),
         "fds": len(os.listdir(f"/proc/{pid}/fd")),
         "tasks": metric(base, "tickstream_edge_asyncio_tasks"),
         "open_streams": metric(base, "tickstream_edge_open_streams"),
@@ -93,7 +107,17 @@ def bounds(rows: list[dict[str, object]]) -> list[str]:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    keys = ["minute", "rss_mib", "fds", "tasks", "open_streams", "p99_ms", "events_per_s"]
+    keys = [
+        "minute",
+        "rss_mib",
+        "rss_anon_mib",
+        "rss_file_mib",
+        "fds",
+        "tasks",
+        "open_streams",
+        "p99_ms",
+        "events_per_s",
+    ]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows]
     return "\n".join(lines)
@@ -117,6 +141,12 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
         axis.set_ylabel(label)
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
+    if all("rss_anon_mib" in row for row in rows):
+        axes[0].plot(minutes, [row["rss_anon_mib"] for row in rows], marker=".", label="anonymous")
+        axes[0].plot(
+            minutes, [row["rss_file_mib"] for row in rows], marker=".", label="file-backed"
+        )
+        axes[0].legend(loc="lower right")
     axes[-1].set_xlabel("minute")
     figure.suptitle("tickstream edge soak: 1,000 clients reconnecting each minute, real rates")
     figure.tight_layout()
