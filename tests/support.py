@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -388,3 +389,23 @@ def first_sequences(events: list[SseEvent]) -> dict[tuple[str, str], int]:
             tick = json.loads(event.data)
             first.setdefault((tick["symbol"], event.event), int(tick["sequence"]))
     return first
+
+
+def netns_unavailable() -> str | None:
+    """Why a test cannot run a script in a private network namespace here (None: it can): that
+    needs root, ``unshare`` and ``ip``, as in CI (root on Debian)."""
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("ip")):
+        return "needs root, unshare and ip to run in a private network namespace"
+    return None
+
+
+def run_in_netns(script: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with this Python inside a fresh network namespace (``unshare -n``): its
+    own loopback only, set up by the script. Returns the finished process (output captured)."""
+    return subprocess.run(
+        ["unshare", "-n", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
