@@ -220,9 +220,9 @@ def main() -> int:
     feed_args += ["--rate", "200", "--bar-intervals", ""]
     edge_args = ["edge_service", "--port", str(edge_port), *EDGE_LIMITS]
     edge_args += ["--feed-target", f"127.0.0.1:{feed_port}"]
-    args.client_cpu = None if args.no_pin else CLIENT_CPU
-    feed = start("feed", [PY, "-m", *feed_args], logs, cpu=None if args.no_pin else SERVER_CPU)
-    edge = start("edge", [PY, "-m", *edge_args], logs, cpu=None if args.no_pin else SERVER_CPU)
+    server_cpu, args.client_cpu = (None, None) if args.no_pin else (SERVER_CPU, CLIENT_CPU)
+    feed = start("feed", [PY, "-m", *feed_args], logs, cpu=server_cpu)
+    edge = start("edge", [PY, "-m", *edge_args], logs, cpu=server_cpu)
     try:
         wait_http(f"http://127.0.0.1:{edge_port}/readyz", proc=edge)
         kinds = [None, *args.phases.split(",")] * args.rounds
