@@ -24,14 +24,26 @@ import grpc
 from tickstream.v1 import ingest_pb2, ingest_pb2_grpc, tick_pb2
 
 
-def last_acknowledged(path: Path) -> int:
-    """The highest trade number acknowledged in ``path``; -1 when none is."""
-    last = -1
+def journal(path: Path) -> list[dict[str, int]]:
+    """The acknowledgements recorded in ``path`` (none when it is missing); a line cut short by
+    a kill is left out."""
+    records = []
     if path.exists():
         for line in path.read_text("utf-8").splitlines():
-            with contextlib.suppress(ValueError, KeyError):
-                last = max(last, int(json.loads(line)["last"]))
-    return last
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+    return records
+
+
+def last_acknowledged(path: Path) -> int:
+    """The highest trade number acknowledged in ``path``; -1 when none is."""
+    return max((int(record["last"]) for record in journal(path)), default=-1)
+
+
+def acknowledged_offset(path: Path) -> int:
+    """The highest feed offset acknowledged in ``path``: every acknowledged trade is at or
+    below it; 0 when none is."""
+    return max((int(record["last_offset"]) for record in journal(path)), default=0)
 
 
 def batch(symbol: str, first: int, size: int) -> ingest_pb2.PublishRequest:

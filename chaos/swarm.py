@@ -37,6 +37,11 @@ class Client:
     lines: list[list[str]] = field(default_factory=list)
     last_id: str | None = None
     cut: asyncio.Event = field(default_factory=asyncio.Event)  # set: drop the connection now
+    # Kept as events arrive, so the run's wait at the end never rescans ``lines``:
+    since_mark: set[str] | None = None  # symbols with a tick after the mark (None: no mark yet)
+    awaited: str = ""  # a trade id the run waits for (see await_trade)
+    got_awaited: bool = False
+    offset: int = 0  # of the last tick received
 
     def url(self, edge: str) -> str:
         query = {"symbols": ",".join(self.symbols), "types": self.types}
@@ -66,6 +71,11 @@ class Client:
             tick = json.loads(data)
             trade_id = tick.get("trade", {}).get("tradeId", "") if kind == "trade" else ""
             self.lines.append([kind, event_id or "", tick["symbol"], tick["sequence"], trade_id])
+            if event_id:
+                self.offset = int(event_id.rpartition("-")[2])
+            if self.since_mark is not None:
+                self.since_mark.add(tick["symbol"])
+                self.got_awaited = self.got_awaited or (trade_id != "" and trade_id == self.awaited)
         elif kind == "reset":
             info = json.loads(data)
             self.lines.append(["reset", event_id or "", info["epoch"], info["reason"]])
@@ -113,7 +123,14 @@ class Client:
                 await asyncio.wait_for(stop.wait(), rng.uniform(*RECONNECT_S))
 
     def mark(self) -> None:
+        """The faults are over: from here on, note which symbols deliver."""
         self.lines.append(["mark"])
+        self.since_mark = set()
+
+    def await_trade(self, trade_id: str) -> None:
+        """Watch for the trade ``trade_id``, counting one already received."""
+        self.awaited = trade_id
+        self.got_awaited = any(line[0] == "trade" and line[4] == trade_id for line in self.lines)
 
     def dump(self, directory: Path) -> None:
         header = {"client": self.name, "symbols": self.symbols, "rated": self.max_rate is not None}

@@ -144,6 +144,9 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                     return
                 yield response
             await context.abort(grpc.StatusCode.UNAVAILABLE, "feed is shutting down; reconnect")
+        except NotReady as error:
+            self._metrics.rejected_requests.labels("UNAVAILABLE").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
         finally:
             self._metrics.active_subscriptions.dec()
 
@@ -239,7 +242,11 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
 
     async def _catch_up(self, plan: SubscriptionPlan) -> None:
         """On a shared backbone, a resume position from another replica may be ahead of what
-        this one has read yet: wait up to the hub's ``catch_up_s`` for it rather than reset."""
+        this one has read yet: wait up to the hub's ``catch_up_s`` for it, then for the
+        backbone's last message (``hub.catch_up``). Raises NotReady while this replica is
+        behind the backbone: answering ``offset_ahead`` from its head would send the client
+        ticks it already has, under ids lower than the one it resumed from. A position past
+        the backbone's end gets ``offset_ahead`` (see _start_cursor)."""
         hub, after = self._hub, plan.after
         if after is None or after.epoch != hub.epoch or not hub.catch_up_s:
             return
@@ -247,6 +254,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         while after.offset > hub.head_offset and not self.closing:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
+                await hub.catch_up()
                 return
             await hub.wait_beyond(hub.head_offset, left)
 

@@ -450,3 +450,51 @@ async def test_a_resend_the_window_forgot_is_a_duplicate_and_with_dedup_off_is_s
         resent = [ingest_pb2.PublishRequest(ticks=[trade("OFF", "y", 0)])] * 2
         acks = await publish(target(off), resent)
         assert [(a.accepted, a.duplicates) for a in acks] == [(1, 0), (1, 0)]
+
+
+async def opening_of(feed: ServiceProcess, after: feed_pb2.StreamPosition) -> list[str]:
+    """The kinds of a Subscribe's first two responses (SHARED trades after ``after``)."""
+    request = feed_pb2.SubscribeRequest(symbols=["SHARED"], types=[tick_pb2.TICK_TYPE_TRADE])
+    request.after.CopyFrom(after)
+    kinds: list[str] = []
+    async with grpc.aio.insecure_channel(target(feed)) as channel:
+        call = feed_pb2_grpc.FeedServiceStub(channel).Subscribe(request, timeout=40)
+        async for response in call:
+            kinds.append(str(response.WhichOneof("event")))
+            if len(kinds) == 2:
+                call.cancel()
+                break
+    return kinds
+
+
+async def test_a_replica_behind_the_backbone_refuses_a_resume_point_it_has_not_read(
+    cluster: list[ServiceProcess],
+) -> None:
+    """A cursor that another replica handed out is genuine: a replica that cannot read that far
+    answers UNAVAILABLE (the edge's client reconnects with it), not an ``offset_ahead`` reset
+    back to its own head, which would hand the client ticks it already has. A cursor past the
+    backbone's end still gets ``offset_ahead``."""
+    options = ["--nats-replicas", "3"]
+    a = start_feed(*NO_SOURCE, *nats_args(cluster[0], "TICKS"), *options)
+    b = start_feed(*NO_SOURCE, *nats_args(cluster[1], "TICKS"), *options)
+    with services(a, b):
+        first = (await publish(target(a), producer_batches("p", 1)))[0]
+        await ticks_from(b, 1, symbols=("SHARED",))
+        cluster[1].signal(signal.SIGSTOP)  # b's only node: b reads nothing more
+        try:
+            acks: list[ingest_pb2.PublishResponse] = []
+            for _ in range(20):  # through a leader election if cluster[1] led the stream
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    acks = await publish(target(a), producer_batches("q", 1))
+                    break
+                await asyncio.sleep(0.5)
+            assert acks and acks[0].last_offset > first.last_offset
+            ahead = feed_pb2.StreamPosition(epoch=first.epoch, offset=acks[0].last_offset)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await opening_of(b, ahead)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+        finally:
+            cluster[1].signal(signal.SIGCONT)
+        assert "reset" not in await opening_of(b, ahead)  # read once its node is back
+        beyond = feed_pb2.StreamPosition(epoch=first.epoch, offset=acks[0].last_offset + 100)
+        assert await opening_of(b, beyond) == ["heartbeat", "reset"]
