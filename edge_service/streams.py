@@ -229,10 +229,10 @@ def stream_kinds(options: StreamOptions, bar_intervals: list[str]) -> frozenset[
     one depth share its bytes), bars as their intervals' kinds. Raises Problem 400."""
     kinds = parse_types(options.types)
     depth = parse_depth(options.depth)
+    intervals = parse_intervals(options.intervals, bar_intervals)  # checked even without bars
     if BOOK in kinds:
         kinds = kinds - {BOOK} | {book_kind(depth)}
     if BAR in kinds:
-        intervals = parse_intervals(options.intervals, bar_intervals)
         kinds = kinds - {BAR} | {kind for i in intervals for kind in bar_kinds(i)}
     return kinds
 

@@ -88,6 +88,8 @@ async def test_bad_rate_depth_and_unknown_parameters_are_400(
         ("max_rate=1000", "invalid-max-rate"),
         ("depth=0", "invalid-depth"),
         ("types=book&depth=abc", "invalid-depth"),
+        ("intervals=zzz", "invalid-intervals"),  # checked whether or not bars are asked for
+        ("types=trade&intervals=7m", "invalid-intervals"),
         ("dpeth=3", "unknown-parameter"),
         ("maxrate=2", "unknown-parameter"),
     ):
