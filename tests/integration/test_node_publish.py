@@ -392,7 +392,7 @@ async def test_node_clients_survive_feed_restart(tmp_path: Path) -> None:
     same port. The publisher resends exactly the batches the old feed had not acknowledged; the
     subscriber sees each tick of the old epoch once, one `reset` (epoch_changed), then every
     tick of the new epoch once, from its first to the end."""
-    symbol, count = "NODE.RESTART", 6_000
+    symbol, count = "NODE.RESTART", 9_000
     source = tmp_path / "ticks.csv"
     write_csv(source, symbol, count)
     with producer_feed() as stack:
@@ -400,7 +400,12 @@ async def test_node_clients_survive_feed_restart(tmp_path: Path) -> None:
         async with node("publish.js", stack.feed_target, str(source), "--rate", "1000") as pub:
             await pub.wait_until(lambda lines: any(ACK.match(line) for line in lines), within=20)
             async with node("test/follow.js", stack.feed_target, symbol, "earliest") as follow:
+                # The subscriber must have opened its stream on the old feed: one that first
+                # reaches the new feed before the publisher has resent anything is told
+                # NOT_FOUND (the symbol is not there yet), which ends a stream never opened.
+                await follow.wait_until(lambda _: bool(follow.ticks()), within=20)
                 await pub.wait_until(lambda _: pub.acks()[-1][3] >= 1_500, within=20)
+                assert pub.acks()[-1][3] < count, "the publisher finished before the restart"
                 stack.feed.kill()
                 stack.feed = restarted = start_feed("--source", "none", port=port)
                 assert await pub.finish(within=60) == 0, "\n".join(pub.lines[-20:])

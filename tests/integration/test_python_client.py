@@ -158,6 +158,8 @@ async def test_feed_restart_reset_then_every_tick_of_the_new_epoch(
             await publisher.flush()
             stream = ts.subscribe(target, [SYMBOL], after="earliest")
             follower.append(asyncio.create_task(follow(stream, events)))
+            # Opened on the old feed first: a stream never opened ends on NOT_FOUND.
+            await wait_until(lambda: bool(ticks_in(events)), 10, "the first tick")
             for n in range(1, count):
                 await publisher.publish(draft(n))
                 if n % 20 == 0:
