@@ -170,7 +170,11 @@ class FeedClient:
         if cause == self.problem:
             return
         if cause is not None:
-            log.warning("feed %s not ready: %s (%s)", self.target, cause, detail[:300])
+            # A feed still loading when the edge starts (make run, compose) is expected, not a
+            # fault: said at INFO until the feed has been ready once.
+            starting = cause == "not_serving" and self.epoch is None
+            level = logging.INFO if starting else logging.WARNING
+            log.log(level, "feed %s not ready: %s (%s)", self.target, cause, detail[:300])
         self.problem = cause
         self._metrics.set_feed_problem(cause)
 

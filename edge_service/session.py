@@ -315,7 +315,7 @@ class ClientSession:
                     return
         except grpc.aio.AioRpcError as error:
             log.info("catch-up stream failed: %s %s", error.code().name, error.details())
-            self.end("feed_unavailable", "the feed went away during catch-up; reconnect")
+            self.end("feed_unavailable", f"catch-up: {error.code().name}: {error.details()}")
         finally:
             call.cancel()
 

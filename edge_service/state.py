@@ -39,7 +39,7 @@ class EdgeState:
                 503,
                 "feed-unavailable",
                 "Feed unavailable",
-                f"the feed at {self.feed.target} is not answering ({cause}); retry shortly",
+                f"the feed at {self.feed.target} is not ready: {cause}; retry shortly",
                 headers={"Retry-After": RETRY_AFTER_S},
                 feed=cause,
                 feedTarget=self.feed.target,

@@ -409,14 +409,14 @@ class SymbolUpstream:
 def _read_forever(upstream: SymbolUpstream) -> None:
     """The reader thread: the upstream's Subscribe calls, one after another, every message
     posted to its inbox; reconnects with backoff until stopped or refused for good."""
-    attempt = 0
+    attempt, failing = 0, ""  # failing: the status last logged, so a down feed is said once
     while not upstream._stopping.is_set():
         call = upstream._stub().Subscribe(subscribe_request(upstream.symbol, upstream._position))
         upstream._call = call
         upstream._post(_CONNECTED)
         try:
             for response in call:
-                attempt = 0
+                attempt, failing = 0, ""
                 upstream._post(response)
             if not upstream._stopping.is_set():
                 log.warning("upstream %s: stream ended by the feed; reconnecting", upstream.symbol)
@@ -427,9 +427,10 @@ def _read_forever(upstream: SymbolUpstream) -> None:
             if code in TERMINAL_CODES:
                 upstream._post(f"{code.name}: {error.details()}")
                 return
-            log.warning(
-                "upstream %s: %s (%s); reconnecting", upstream.symbol, code.name, error.details()
-            )
+            if code.name != failing:
+                failing = code.name
+                details = error.details()
+                log.warning("upstream %s: %s (%s); reconnecting", upstream.symbol, failing, details)
         upstream._post(None)  # disconnected
         if upstream._stopping.wait(backoff_delay(attempt)):
             return

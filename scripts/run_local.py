@@ -31,7 +31,10 @@ def main() -> int:
         subprocess.Popen([sys.executable, "-m", "edge_service"], cwd=ROOT, env=env),
     ]
 
+    asked: list[int] = []  # the signal that asked us to stop, once one did
+
     def stop(signum: int, _frame: object) -> None:
+        asked.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -62,9 +65,17 @@ def main() -> int:
         )
     while all(child.poll() is None for child in children):
         time.sleep(0.5)
-    stop(signal.SIGTERM, None)  # one ended (or Ctrl-C): stop the other too
-    codes = [child.wait() for child in children]
-    return next((code for code in codes if code not in (0, -signal.SIGTERM)), 0)
+    ended = [child for child in children if child.poll() is not None]
+    if not asked:  # a service ended by itself: stop the other, and fail however it ended
+        first = ended[0]
+        name = "feed" if first is children[0] else "edge"
+        print(f"run_local: the {name} ended unasked (status {first.returncode})", flush=True)
+        stop(signal.SIGTERM, None)
+        for child in children:
+            child.wait()
+        return first.returncode or 1
+    codes = [child.wait() for child in children]  # both drain and exit 0 after SIGTERM
+    return next((code for code in codes if code != 0), 0)
 
 
 if __name__ == "__main__":
