@@ -13,6 +13,9 @@ from tickstream_common.settings import LogFormatSetting, LogLevel, service_confi
 
 from .bars import interval_ns
 
+BINANCE_DEPTHS = (0, 5, 10, 20, 50, 100, 500, 1000, 5000)
+"""--binance-depth: what Binance's snapshot endpoint takes as ``limit``; 0 for no books."""
+
 
 class FeedSettings(BaseSettings):
     """tickstream feed: numbers ticks from a source and streams them over gRPC.
@@ -45,6 +48,16 @@ class FeedSettings(BaseSettings):
         "wss://stream.binance.com:9443",
         description="Base URL of Binance's public WebSocket API (binance source); the combined "
         "stream /stream?streams=... is opened below it.",
+    )
+    binance_rest_url: str = Field(
+        "https://api.binance.com",
+        description="Base URL of Binance's REST API (binance source): order-book snapshots "
+        "come from /api/v3/depth below it.",
+    )
+    binance_depth: int = Field(
+        1000,
+        description="Levels a side in the binance source's order-book snapshots: 5, 10, 20, "
+        "50, 100, 500, 1000 or 5000; 0: no books, trades and quotes only.",
     )
     bar_intervals: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["1s", "1m"],
@@ -158,6 +171,21 @@ class FeedSettings(BaseSettings):
         if self.backbone == "nats" and self.max_batch > 1_000:
             raise ValueError("--max-batch: at most 1000 with --backbone nats (atomic batches)")
         return self
+
+    @field_validator("binance_depth", mode="after")
+    @classmethod
+    def _binance_depth(cls, depth: int) -> int:
+        if depth not in BINANCE_DEPTHS:
+            raise ValueError(f"{depth} is not one of {', '.join(map(str, BINANCE_DEPTHS))}")
+        return depth
+
+    @field_validator("binance_rest_url", mode="after")
+    @classmethod
+    def _binance_rest_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not http(s)://HOST[:PORT]")
+        return url
 
     @field_validator("bar_intervals", mode="after")
     @classmethod

@@ -44,7 +44,7 @@ SERVER_OPTIONS = [
 ]
 
 
-def build_source(settings: FeedSettings) -> TickSource | None:
+def build_source(settings: FeedSettings, metrics: FeedMetrics) -> TickSource | None:
     """The source named by ``settings.source``; None for ``none`` (producers only).
     Raises ValueError for replay with no path."""
     if settings.source == "none":
@@ -59,7 +59,13 @@ def build_source(settings: FeedSettings) -> TickSource | None:
         if "symbols" not in settings.model_fields_set:
             raise ValueError("--source binance needs --symbols, e.g. --symbols BTCUSDT,ETHUSDT")
 
-        return BinanceSource(settings.symbols, settings.binance_url)
+        return BinanceSource(
+            settings.symbols,
+            settings.binance_url,
+            rest_url=settings.binance_rest_url,
+            depth=settings.binance_depth,
+            on_book_gap=metrics.book_gaps.inc,
+        )
     return SyntheticSource(settings.symbols, settings.seed, settings.rate)
 
 
@@ -98,7 +104,7 @@ class FeedServer:
 
             assert isinstance(self.hub, JetStreamHub)
             self.hub.dedup = self.ingestor.dedup  # filled from the stream too, see there
-        self.source = source or build_source(settings)
+        self.source = source or build_source(settings, self.metrics)
         self.servicer = FeedServicer(
             self.hub, self.metrics, settings.heartbeat_interval, self.liveness
         )

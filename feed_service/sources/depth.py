@@ -83,10 +83,11 @@ class DepthSync:
     def on_snapshot(
         self, last_update_id: int, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]
     ) -> list[tick_pb2.BookUpdate]:
-        """A REST snapshot: publish it and the buffered diffs it does not cover. A snapshot no
-        newer than the synced book (a repeat) is ignored."""
+        """A REST snapshot: publish it and the buffered diffs it does not cover. A snapshot
+        older than the synced book is ignored; one at its very update id is published again
+        (a refresh: the whole book as it stands)."""
         self.last_break = None
-        if self.synced and last_update_id <= self.last_id:
+        if self.synced and last_update_id < self.last_id:
             return []
         self.synced, self.last_id = True, last_update_id
         self._first_after_snapshot = True

@@ -39,7 +39,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.exchange_server import ExchangeServer, recorded_messages
+from tests.exchange_server import ExchangeServer, recorded_messages, recorded_snapshots
 from tests.support import (
     BTC_FILE,
     ETH_FILE,
@@ -445,10 +445,11 @@ STALE_JS = """sym => document.querySelector(`#rows tr[data-symbol="${sym}"]`)?.d
 
 def run_stale(page: Page) -> None:
     """A paused exchange: the BTCUSDT row is marked stale, then cleared when ticks return."""
-    with ExchangeServer(recorded_messages([BTC_FILE], 20_000), rate=100) as exchange:
+    messages, snapshots = recorded_messages([BTC_FILE], 20_000), recorded_snapshots([BTC_FILE])
+    with ExchangeServer(messages, rate=100, snapshots=snapshots) as exchange:
         feed = start_feed(
             "--source", "binance", "--symbols", "BTCUSDT", "--binance-url", exchange.url,
-            "--stale-after", "1.5",
+            "--binance-rest-url", exchange.rest_url, "--stale-after", "1.5",
         )  # fmt: skip
         edge = start_edge(feed.port)
         try:

@@ -1,5 +1,6 @@
 """``--source binance`` against a local WebSocket server serving the recorded data in Binance's
-combined-stream framing (``tests/exchange_server.py``). The real exchange is never reached here.
+combined-stream framing, and depth snapshots over REST (``tests/exchange_server.py``). The real
+exchange is never reached here.
 """
 
 from __future__ import annotations
@@ -11,18 +12,26 @@ import json
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import grpc
+import pytest
 from tickstream.v1 import feed_pb2, feed_pb2_grpc, tick_pb2
 
 from feed_service.liveness import CONNECTED, STALE, SourceHandle
 from feed_service.sources.binance import Backoff, BinanceSource
-from tests.exchange_server import ExchangeServer, StreamMessage, recorded_messages
+from tests.exchange_server import (
+    ExchangeServer,
+    StreamMessage,
+    recorded_messages,
+    recorded_snapshots,
+)
 from tests.support import BTC_FILE, ETH_FILE, services, start_feed
+from tickstream_common.book import OrderBook
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 STREAMS = {f"{s.lower()}@{kind}" for s in SYMBOLS for kind in ("trade", "bookTicker")}
+DEPTH_STREAMS = {f"{s.lower()}@depth@100ms" for s in SYMBOLS}
 SLICE = 20_000  # recorded lines (depth included) served: 18,145 trades and quotes
 DROP_EVERY = 6_000
 REWIND = 50
@@ -60,10 +69,11 @@ def received_values(tick: tick_pb2.Tick) -> tuple[Key, tuple[object, ...]]:
 
 
 async def read_history(target: str, count: int) -> tuple[list[tick_pb2.Tick], int]:
-    """Every tick from the earliest, at least ``count`` of them, then the head offset of the
-    first heartbeat after them (a quiet second: nothing more arrived)."""
+    """Every trade, quote and book tick from the earliest, at least ``count`` of them, then
+    the head offset of the first heartbeat after them (a quiet second: nothing more arrived)."""
     ticks: list[tick_pb2.Tick] = []
-    request = feed_pb2.SubscribeRequest(symbols=list(SYMBOLS), earliest=True)
+    types = [tick_pb2.TICK_TYPE_TRADE, tick_pb2.TICK_TYPE_QUOTE, tick_pb2.TICK_TYPE_BOOK]
+    request = feed_pb2.SubscribeRequest(symbols=list(SYMBOLS), earliest=True, types=types)
     async with grpc.aio.insecure_channel(target) as channel, asyncio.timeout(30):
         call = feed_pb2_grpc.FeedServiceStub(channel).Subscribe(request)
         async for response in call:
@@ -74,6 +84,29 @@ async def read_history(target: str, count: int) -> tuple[list[tick_pb2.Tick], in
                 call.cancel()
                 return ticks, response.heartbeat.head_offset
     raise AssertionError(f"stream ended after {len(ticks)} of {count} ticks")
+
+
+def check_books(
+    updates: list[tuple[str, tick_pb2.BookUpdate]],
+    exchange: ExchangeServer,
+    symbols: Iterable[str] | None = None,
+) -> None:
+    """Each symbol's book updates start with a snapshot, chain update ids without a gap after
+    each snapshot, and end as the exchange's book (its top 100 levels a side); books of
+    ``symbols`` (default: every book the exchange has) and no other."""
+    books: dict[str, OrderBook] = {}
+    for symbol, update in updates:
+        book = books.setdefault(symbol, OrderBook())
+        if not update.snapshot:
+            assert book.valid, f"{symbol}: a diff before the first snapshot"
+            assert update.first_update_id <= book.last_update_id + 1 <= update.last_update_id
+        book.apply(update)
+    assert set(books) == set(exchange.books if symbols is None else symbols)
+    for symbol, book in books.items():
+        want = exchange.books[symbol].top(100)
+        bids, asks = book.top(100)
+        assert book.last_update_id == want["lastUpdateId"], symbol
+        assert (bids, asks) == (want["bids"], want["asks"]), symbol
 
 
 def check_exactly_once(ticks: list[tick_pb2.Tick], served: list[StreamMessage]) -> None:
@@ -111,33 +144,46 @@ async def test_feed_gets_every_trade_and_quote_once_across_two_drops() -> None:
     recorded trade and quote arrives once, value-exact; no trade is missing or repeated."""
     messages, served = served_slice()
     started = time.monotonic()
-    exchange = ExchangeServer(messages, drop_every=DROP_EVERY, drops=2, rewind=REWIND)
+    snapshots = recorded_snapshots([BTC_FILE, ETH_FILE])
+    exchange = ExchangeServer(
+        messages, drop_every=DROP_EVERY, drops=2, rewind=REWIND, snapshots=snapshots
+    )
     with exchange:
         args = ("--source", "binance", "--symbols", ",".join(SYMBOLS), "--bar-intervals", "")
-        feed = start_feed(*args, "--binance-url", exchange.url)  # no bars: offsets are ticks
+        urls = ("--binance-url", exchange.url, "--binance-rest-url", exchange.rest_url)
+        feed = start_feed(*args, *urls)  # no bars: offsets are ticks
         with services(feed):
             assert await asyncio.to_thread(exchange.wait_finished, 30), feed.output()
-            ticks, head = await read_history(f"127.0.0.1:{feed.port}", len(served))
+            everything, head = await read_history(f"127.0.0.1:{feed.port}", len(served))
             async with grpc.aio.insecure_channel(f"127.0.0.1:{feed.port}") as channel:
                 stub = feed_pb2_grpc.FeedServiceStub(channel)
                 symbols = await stub.ListSymbols(feed_pb2.ListSymbolsRequest())
                 sources = await stub.ListSources(feed_pb2.ListSourcesRequest())
     elapsed = time.monotonic() - started
-    assert len(ticks) == len(served) == 18_145 and head == ticks[-1].offset, "no extra tick"
+    assert head == everything[-1].offset, "no extra tick"
+    ticks = [t for t in everything if not t.HasField("book")]
+    assert len(ticks) == len(served) == 18_145
     check_exactly_once(ticks, served)
+    books = [(t.symbol, t.book) for t in everything if t.HasField("book")]
+    check_books(books, exchange)
+    # The resent messages close each drop: no book gap (a snapshot may be asked for again when
+    # a drop cancelled its fetch)
+    assert not any(" book: " in line for line in feed.lines), feed.output()
     assert exchange.connections == 3 and exchange.drops_done == 2
-    assert exchange.sent == len(served) + 2 * REWIND, "the server did resend 100 messages"
+    streamed = [m for m in messages if m.stream in STREAMS | DEPTH_STREAMS]
+    assert exchange.sent == len(streamed) + 2 * REWIND, "the server did resend 100 messages"
     assert all(p.startswith("/stream?streams=") for p in exchange.paths)
     assert [(s.symbol, s.price_scale, s.size_scale, s.source) for s in symbols.symbols] == [
         (s, 8, 8, "binance:binance-spot") for s in SYMBOLS
     ]
     (source,) = [s for s in sources.sources if s.name == "binance"]
-    assert source.ticks == len(served)
+    assert source.ticks == len(everything)
     lost = [line for line in feed.lines if "binance: connection lost" in line]
     assert len(lost) == 2, feed.output()
     print(
-        f"\nbinance acceptance: {len(ticks)} ticks once each over 3 connections, "
-        f"{exchange.sent - len(served)} resent messages dropped, {elapsed:.1f} s in all"
+        f"\nbinance acceptance: {len(ticks)} trades and quotes once each and {len(books)} "
+        f"book updates over 3 connections, {exchange.sent - len(streamed)} resent messages "
+        f"dropped, {elapsed:.1f} s in all"
     )
 
 
@@ -178,7 +224,8 @@ async def test_source_reports_its_connection_and_survives_a_paused_server() -> N
             got.extend(draft.dedup_id for draft in batch)
 
     with exchange:
-        source = BinanceSource([s.lower() for s in SYMBOLS], exchange.url, backoff=Backoff(0.05))
+        lowered = [s.lower() for s in SYMBOLS]
+        source = BinanceSource(lowered, exchange.url, depth=0, backoff=Backoff(0.05))
         await source.load()
         task = asyncio.create_task(consume(source))
         try:
@@ -215,7 +262,8 @@ async def test_unreachable_endpoint_is_retried_with_growing_delays() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again below: connections are refused
     handle = RecordingHandle()
-    source = BinanceSource(["BTCUSDT"], f"ws://127.0.0.1:{port}", backoff=Backoff(0.02, 1.0))
+    url = f"ws://127.0.0.1:{port}"
+    source = BinanceSource(["BTCUSDT"], url, depth=0, backoff=Backoff(0.02, 1.0))
     await source.load()
 
     async def consume() -> None:
@@ -236,3 +284,93 @@ async def test_unreachable_endpoint_is_retried_with_growing_delays() -> None:
         float(detail.rsplit("reconnecting in ", 1)[1].split()[0]) for _, detail in handle.calls
     ]
     assert delays[3] > delays[0] and handle.state == STALE
+
+
+BookUpdates = list[tuple[str, tick_pb2.BookUpdate]]
+
+
+async def collect_books(source: BinanceSource, until: Callable[[], bool]) -> BookUpdates:
+    """Run ``source`` in process until ``until()`` holds (20 s at most); its book updates."""
+    books: BookUpdates = []
+
+    async def consume() -> None:
+        async for batch in source.batches(RecordingHandle()):
+            books.extend((d.symbol, d.book) for d in batch if d.HasField("book"))
+
+    if not source.symbols:
+        await source.load()
+    task = asyncio.create_task(consume())
+    try:
+        async with asyncio.timeout(20):
+            await wait_until(until)
+            await asyncio.sleep(0.3)  # what was in flight arrives
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return books
+
+
+async def test_lost_depth_diffs_break_the_book_and_a_new_snapshot_mends_it() -> None:
+    """The connection drops and 1,000 messages are lost with it, depth diffs among them (their
+    changes are in the exchange's book): the connector notices the broken update chain, counts
+    it, publishes nothing of that book until a new snapshot, then ends with the exchange's
+    book, level for level."""
+    messages = recorded_messages([BTC_FILE, ETH_FILE], 8_000)
+    snapshots = recorded_snapshots([BTC_FILE, ETH_FILE])
+    exchange = ExchangeServer(messages, drop_every=3_000, drops=1, lose=1_000, snapshots=snapshots)
+    gaps: list[None] = []
+    with exchange:
+        source = BinanceSource(
+            list(SYMBOLS),
+            exchange.url,
+            rest_url=exchange.rest_url,
+            on_book_gap=lambda: gaps.append(None),
+            backoff=Backoff(0.05),
+        )
+        books = await collect_books(source, lambda: exchange.wait_finished(0))
+    assert len(gaps) == source.book_gaps == 2, "one break a symbol"
+    assert sorted(exchange.snapshot_requests) == sorted(2 * SYMBOLS)
+    assert sum(update.snapshot for _, update in books) == 4
+    check_books(books, exchange)
+
+
+@pytest.mark.parametrize("eth", ["missing", "crossed"])
+async def test_a_failing_snapshot_is_retried_and_other_symbols_go_on(eth: str) -> None:
+    """The exchange has no book for ETHUSDT (404), or a crossed one (best bid above best ask,
+    which the ingest path would refuse): its snapshot is asked for again with backoff and no
+    ETHUSDT book is published; BTCUSDT's book is whole."""
+    messages = recorded_messages([BTC_FILE, ETH_FILE], 8_000)
+    snapshots = recorded_snapshots([BTC_FILE, ETH_FILE])
+    if eth == "missing":
+        del snapshots["ETHUSDT"]
+    else:
+        snapshots["ETHUSDT"]["bids"][0][0] = "999999.00000000"
+    exchange = ExchangeServer(messages, snapshots=snapshots, rate=4_000)
+    with exchange:
+        source = BinanceSource(list(SYMBOLS), exchange.url, rest_url=exchange.rest_url)
+        books = await collect_books(source, lambda: exchange.wait_finished(0))
+    eth = exchange.snapshot_requests.count("ETHUSDT")
+    assert 2 <= eth <= 10, "retried with backoff (1 s doubling), not in a loop"
+    check_books(books, exchange, ["BTCUSDT"])
+    assert source.book_gaps == 0 and source.malformed == 0
+
+
+async def test_books_are_snapshotted_again_while_they_change() -> None:
+    """Every ``refresh_s`` each synced book is fetched again: while the exchange's book
+    changes each refresh is published as a new snapshot (a replica joining a JetStream
+    backbone later starts from a recent one), and the book stays exactly the exchange's."""
+    messages = recorded_messages([BTC_FILE, ETH_FILE], 8_000)
+    snapshots = recorded_snapshots([BTC_FILE, ETH_FILE])
+    exchange = ExchangeServer(messages, snapshots=snapshots, rate=2_500)
+    with exchange:
+        source = BinanceSource(list(SYMBOLS), exchange.url, rest_url=exchange.rest_url)
+        await source.load()
+        assert source.books is not None
+        source.books.refresh_s = 0.5
+        books = await collect_books(source, lambda: exchange.wait_finished(0))
+    for symbol in SYMBOLS:
+        ids = [u.last_update_id for s, u in books if s == symbol and u.snapshot]
+        assert len(set(ids)) >= 3 and ids == sorted(ids), (symbol, ids)  # never back in time
+    check_books(books, exchange)
+    assert source.book_gaps == 0

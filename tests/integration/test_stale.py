@@ -14,7 +14,7 @@ import textwrap
 import httpx
 import jsonschema
 
-from tests.exchange_server import ExchangeServer, recorded_messages
+from tests.exchange_server import ExchangeServer, recorded_messages, recorded_snapshots
 from tests.support import (
     BTC_FILE,
     ROOT,
@@ -114,10 +114,11 @@ async def check_stale_then_live(
 
 async def test_a_paused_exchange_makes_its_symbols_stale_until_ticks_return() -> None:
     messages = recorded_messages([BTC_FILE], 6_000)
-    with ExchangeServer(messages, rate=150) as exchange:
+    snapshots = recorded_snapshots([BTC_FILE])
+    with ExchangeServer(messages, rate=150, snapshots=snapshots) as exchange:
         feed = start_feed(
             "--source", "binance", "--symbols", "BTCUSDT", "--binance-url", exchange.url,
-            "--stale-after", str(STALE_AFTER),
+            "--binance-rest-url", exchange.rest_url, "--stale-after", str(STALE_AFTER),
         )  # fmt: skip
         with services(feed, start_edge(feed.port)) as (_, edge):
             await check_stale_then_live(

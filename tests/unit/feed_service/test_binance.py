@@ -121,18 +121,18 @@ def test_bad_decimals_and_repeats_are_skipped_not_raised() -> None:
     its symbol and kind (a resend after a reconnect) is dropped."""
     source = BinanceSource(["BTCUSDT"], "ws://127.0.0.1:9")
     source.symbols = frozenset({"BTCUSDT"})
-    assert source.accept(framed("btcusdt@trade", {**TRADE, "p": "6e4"}), 1) is None
+    assert source.accept(framed("btcusdt@trade", {**TRADE, "p": "6e4"}), 1) == []
     crossed = {**QUOTE, "b": "61837.65000000"}
-    assert source.accept(framed("btcusdt@bookTicker", crossed), 1) is None
+    assert source.accept(framed("btcusdt@bookTicker", crossed), 1) == []
     assert source.malformed == 2
     first = framed("btcusdt@trade", TRADE)
-    assert source.accept(first, 1) is not None
-    assert source.accept(first, 1) is None
+    assert source.accept(first, 1) != []
+    assert source.accept(first, 1) == []
     older = framed("btcusdt@trade", {**TRADE, "t": TRADE["t"] - 1})  # type: ignore[operator]
-    assert source.accept(older, 1) is None
-    assert source.accept(framed("btcusdt@bookTicker", QUOTE), 1) is not None, "own id space"
+    assert source.accept(older, 1) == []
+    assert source.accept(framed("btcusdt@bookTicker", QUOTE), 1) != [], "own id space"
     newer = framed("btcusdt@trade", {**TRADE, "t": TRADE["t"] + 1})  # type: ignore[operator]
-    assert source.accept(newer, 1) is not None
+    assert source.accept(newer, 1) != []
     assert (source.repeats, source.malformed) == (2, 2)
 
 
@@ -143,6 +143,8 @@ def test_symbols_are_upper_cased_deduplicated_and_checked() -> None:
             normalize_symbols(bad)
     with pytest.raises(ValueError, match="at most 512"):
         normalize_symbols([f"S{n}" for n in range(513)])
+    with pytest.raises(ValueError, match="at most 341"):
+        normalize_symbols([f"S{n}" for n in range(342)], ("trade", "bookTicker", "depth@100ms"))
 
 
 def test_stream_url_subscribes_trade_and_book_ticker_in_lower_case() -> None:

@@ -45,6 +45,8 @@ def test_a_stale_snapshot_is_ignored() -> None:
     sync.on_diff(diff(11, 20))
     assert sync.on_snapshot(10, [], []) == []
     assert ids(sync.on_diff(diff(21, 22))) == [(21, 22, False)]
+    assert ids(sync.on_snapshot(22, [], [])) == [(22, 22, True)], "a refresh at the same id"
+    assert ids(sync.on_diff(diff(23, 24))) == [(23, 24, False)]
 
 
 def test_futures_diffs_chain_by_previous_id() -> None:
