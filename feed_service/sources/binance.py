@@ -224,6 +224,12 @@ Received = tuple[int, str | bytes] | tuple[int, Snapshot] | Exception
 Unix epoch), or the ConnectionLost that ends the session."""
 
 
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """Log a helper task that ended by an error (not by cancellation): never silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("binance: %s failed: %r", task.get_name(), task.exception())
+
+
 async def _pump(ws: ClientConnection, queue: asyncio.Queue[Received]) -> None:
     """Move received messages, stamped with their receive time, into ``queue``; end with a
     ConnectionLost saying why the connection ended."""
@@ -352,6 +358,7 @@ class BinanceSource:
 
             fetch = self.books.fetch(rest, snapshot_url(self._rest_url), deliver, self._pause)
             helpers.append(asyncio.create_task(fetch, name="binance-snapshots"))
+            helpers[-1].add_done_callback(_report_crash)
         try:
             while True:
                 items = [await queue.get()]

@@ -126,6 +126,7 @@ class DepthBooks:
         self.limit, self.refresh_s, self._on_gap = limit, refresh_s, on_gap
         self._wanted: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()  # wanted or being fetched
+        self._failing: dict[str, str] = {}  # why a symbol's last snapshot failed
 
     def restart(self) -> None:
         """Forget the snapshots asked for (a new connection: a fetch in flight was cancelled);
@@ -196,10 +197,22 @@ class DepthBooks:
             snapshot = parse_snapshot(symbol, reply.json())
             whole = book_update(snapshot.bids, snapshot.asks, 0, 0, snapshot=True)
             check_draft(0, book_draft(symbol, 0, whole))  # a crossed book, a bad decimal
+            self._failing.pop(symbol, None)
             return snapshot
         except (httpx.HTTPError, ValueError, InvalidDraft) as error:  # ValueError: bad JSON
-            log.warning("binance: %s depth snapshot failed: %s", symbol, str(error)[:200])
-            return Snapshot(symbol, failure=str(error)[:200])
+            why = str(error)[:200] or type(error).__name__
+        except Exception as error:  # anything else must not stop the books either: retried
+            log.exception("binance: %s depth snapshot failed unexpectedly", symbol)
+            why = repr(error)[:200]
+        said = self._failing.get(symbol) == why  # said once per symbol and cause, not per retry
+        log.log(
+            logging.DEBUG if said else logging.WARNING,
+            "binance: %s depth snapshot failed: %s",
+            symbol,
+            why,
+        )
+        self._failing[symbol] = why
+        return Snapshot(symbol, failure=why)
 
 
 def book_draft(symbol: str, event_ns: int, update: tick_pb2.BookUpdate) -> ingest_pb2.TickDraft:
