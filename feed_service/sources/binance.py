@@ -412,13 +412,16 @@ class BinanceSource:
         self._last_ids[key] = tick.update_id
         return [tick.draft]
 
-    def _book_gap(self, symbol: str, gap: ChainBreak) -> None:
+    def _book_gap(self, symbol: str, gap: ChainBreak, reconnected: bool) -> None:
+        """Count a break; said at INFO when it is the reconnect's (every book has one)."""
         self.book_gaps += 1
         self._on_book_gap()
-        log.warning(
-            "binance: %s book: %s; not published until the next depth snapshot",
+        log.log(
+            logging.INFO if reconnected else logging.WARNING,
+            "binance: %s book: %s%s; not published until the next depth snapshot",
             symbol,
             gap.describe(),
+            " after the reconnect" if reconnected else "",
         )
 
     def _pause(self, failed: bool) -> float:

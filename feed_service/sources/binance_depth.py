@@ -112,14 +112,15 @@ class DepthBooks:
     """Each symbol's :class:`DepthSync`, the snapshots wanted, and the ticks they make.
 
     Feed it :meth:`on_diff` and :meth:`on_snapshot` in arrival order (one consumer); run
-    :meth:`fetch` beside it to turn wanted snapshots into :class:`Snapshot` items. ``on_gap``
-    is called once per chain break."""
+    :meth:`fetch` beside it to turn wanted snapshots into :class:`Snapshot` items.
+    ``on_gap(symbol, gap, reconnected)`` is called once per chain break; ``reconnected``: at
+    the first diff after a reconnect (Binance does not resend: expected, not a fault)."""
 
     def __init__(
         self,
         symbols: Iterable[str],
         limit: int,
-        on_gap: Callable[[str, ChainBreak], None],
+        on_gap: Callable[[str, ChainBreak, bool], None],
         refresh_s: float = REFRESH_S,
     ) -> None:
         self.syncs = {symbol: DepthSync() for symbol in symbols}
@@ -127,12 +128,14 @@ class DepthBooks:
         self._wanted: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()  # wanted or being fetched
         self._failing: dict[str, str] = {}  # why a symbol's last snapshot failed
+        self._reconnected: set[str] = set()  # no diff yet since the connection was made again
 
     def restart(self) -> None:
         """Forget the snapshots asked for (a new connection: a fetch in flight was cancelled);
         a book not in sync asks again with its next diff."""
         self._wanted = asyncio.Queue()
         self._pending.clear()
+        self._reconnected = {symbol for symbol, sync in self.syncs.items() if sync.synced}
 
     def want(self, symbol: str) -> None:
         """Ask for a snapshot of ``symbol`` unless one is already on its way."""
@@ -145,8 +148,10 @@ class DepthBooks:
         until a snapshot, which is then wanted)."""
         sync = self.syncs[message.symbol]
         updates = sync.on_diff(message.diff)
+        reconnected = message.symbol in self._reconnected
+        self._reconnected.discard(message.symbol)
         if sync.last_break is not None:
-            self._on_gap(message.symbol, sync.last_break)
+            self._on_gap(message.symbol, sync.last_break, reconnected)
         if not sync.synced:
             self.want(message.symbol)
         return [book_draft(message.symbol, message.event_ns, update) for update in updates]
@@ -159,7 +164,7 @@ class DepthBooks:
         sync = self.syncs[snapshot.symbol]
         updates = sync.on_snapshot(snapshot.last_update_id, snapshot.bids, snapshot.asks)
         if sync.last_break is not None:
-            self._on_gap(snapshot.symbol, sync.last_break)
+            self._on_gap(snapshot.symbol, sync.last_break, False)
         return [book_draft(snapshot.symbol, receive_ns, update) for update in updates]
 
     async def fetch(

@@ -26,9 +26,9 @@ def diff(first: int, last: int) -> DepthDiff:
     return DepthDiff("BTCUSDT", Diff(first, last, [["1.0", "2.0"]], []), 7)
 
 
-def books_and_gaps() -> tuple[DepthBooks, list[tuple[str, ChainBreak]]]:
-    gaps: list[tuple[str, ChainBreak]] = []
-    return DepthBooks(["BTCUSDT"], 1000, lambda s, g: gaps.append((s, g))), gaps
+def books_and_gaps() -> tuple[DepthBooks, list[tuple[str, ChainBreak, bool]]]:
+    gaps: list[tuple[str, ChainBreak, bool]] = []
+    return DepthBooks(["BTCUSDT"], 1000, lambda *gap: gaps.append(gap)), gaps
 
 
 def test_diff_maps_update_ids_levels_and_event_time() -> None:
@@ -79,9 +79,12 @@ async def test_a_gap_is_reported_once_and_wants_a_new_snapshot() -> None:
     books.restart()  # a new connection: nothing wanted
     assert books.on_diff(diff(9, 10)) == [] and books.on_diff(diff(11, 12)) == []
     assert len(gaps) == 1 and gaps[0][1].after == 2 and gaps[0][1].first == 9
+    assert gaps[0][2], "the first diff after a reconnect"
     assert books._wanted.qsize() == 1
     assert books.on_snapshot(Snapshot("BTCUSDT", failure="HTTP 503"), 1) == []
     assert [d.dedup_id for d in books.on_snapshot(Snapshot("BTCUSDT", 10), 1)] == ["s:10", "d:12"]
+    books.on_diff(diff(20, 21))
+    assert len(gaps) == 2 and not gaps[1][2], "a break mid-connection"
 
 
 def test_a_diff_with_a_bad_decimal_is_skipped_before_its_book_takes_it() -> None:
