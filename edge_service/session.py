@@ -80,7 +80,7 @@ def queue_history(
     """A catch-up's history ticks after ``session``'s cursor, queued (history, not live: kept
     out of the delivery latency samples); book ticks are applied to ``books`` first, whatever
     their offset. Moves the cursor to the batch's head."""
-    epoch, cursor, outbox = session.epoch, session.cursor, session.outbox
+    epoch, cursor, outbox, kinds = session.epoch, session.cursor, session.outbox, session.kinds
     assert epoch is not None
     for tick in batch.ticks:
         new = tick.offset > cursor or after_reset
@@ -92,7 +92,9 @@ def queue_history(
                 frame = event.frame if tick.offset > cursor else snapshot_frame(event)
                 outbox.push(frame)
         elif new:
-            outbox.push(encode_tick(tick, epoch).frame)
+            encoded = encode_tick(tick, epoch)
+            if encoded.kind in kinds:  # the feed sends every interval's bars: those asked for
+                outbox.push(encoded.frame)
     session.cursor = max(cursor, batch.head_offset)
 
 

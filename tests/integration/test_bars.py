@@ -115,6 +115,16 @@ async def test_final_bars_equal_bars_computed_from_the_trades(
             seen_final.add(key)
 
 
+async def test_history_holds_only_the_intervals_asked_for(
+    replay_stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """``intervals=1m`` from ``earliest`` (the catch-up from history, as a resume is): 1m bars
+    only, as live."""
+    url = f"{replay_stack.base_url}/sse/BTCUSDT?types=bar&intervals=1m&last_event_id=earliest"
+    events = await collect(http, url, 5, within=30, kinds=("bar",))
+    assert {json.loads(e.data)["bar"]["interval"] for e in events if e.event == "bar"} == {"1m"}
+
+
 async def test_bars_resume_by_last_event_id_across_an_edge_restart(
     expected: dict[tuple[str, int], Bar],
 ) -> None:
