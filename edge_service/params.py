@@ -88,6 +88,17 @@ def parse_depth(raw: str | None) -> int:
     return int(raw)
 
 
+def check_one_symbol(symbol: str) -> None:
+    """``/sse/{symbol}`` names one symbol: Problem 400 for a comma list in the path."""
+    if "," in symbol:
+        raise Problem(
+            400,
+            "invalid-symbols",
+            "Invalid symbols",
+            "/sse/{symbol} takes one symbol; several: /sse?symbols=A,B",
+        )
+
+
 def parse_symbols(raw: list[str], limit: int) -> list[str]:
     """Symbols from the path or ``symbols=A,B`` values (repeated parameters add up): split on
     commas, duplicates counted once, order kept, nothing trimmed.

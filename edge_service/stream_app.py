@@ -89,6 +89,8 @@ def read_request(request: Request, symbol: str | None) -> tuple[list[str], Strea
     FastAPI's validation names them."""
     errors: list[tuple[str, str]] = []
     options = query_options(request, errors)
+    if symbol is not None:  # as FastAPI's router would: open_stream tells the routes apart by it
+        request.scope["path_params"] = {"symbol": symbol}
     symbols = [symbol] if symbol is not None else request.query_params.getlist("symbols")
     if not symbols:
         errors.append(("symbols", "Field required"))

@@ -21,6 +21,7 @@ from .merge import SymbolMerge
 from .params import (
     STREAM_PARAMETERS,
     check_known,
+    check_one_symbol,
     parse_depth,
     parse_intervals,
     parse_rate,
@@ -163,15 +164,21 @@ async def sse_many(
     return await open_stream(request, edge, symbols, options)
 
 
+def route_parameters(request: Request) -> frozenset[str]:
+    """The query parameters ``request``'s route takes; ``/sse/{symbol}`` takes one symbol in
+    its path (Problem 400 for a comma list) and no ``symbols=``."""
+    if "symbol" not in request.path_params:
+        return STREAM_PARAMETERS
+    check_one_symbol(request.path_params["symbol"])
+    return STREAM_PARAMETERS - {"symbols"}
+
+
 async def open_stream(
     request: Request, edge: EdgeState, raw_symbols: list[str], options: StreamOptions
 ) -> SseResponse:
     """Admit the stream, or raise the Problem that says why not (400, 401/403, 404, 429, 503)."""
     settings = edge.settings
-    known = STREAM_PARAMETERS
-    if "symbol" in request.path_params:  # /sse/{symbol} takes no symbols=
-        known = STREAM_PARAMETERS - {"symbols"}
-    check_known(request.query_params.keys(), known)
+    check_known(request.query_params.keys(), route_parameters(request))
     symbols = parse_symbols(raw_symbols, settings.max_symbols)
     kinds = stream_kinds(options, edge.feed.bar_intervals)
     rate = parse_rate(options.max_rate)

@@ -92,6 +92,7 @@ async def test_bad_rate_depth_and_unknown_parameters_are_400(
         ("types=trade&intervals=7m", "invalid-intervals"),
         ("dpeth=3", "unknown-parameter"),
         ("maxrate=2", "unknown-parameter"),
+        ("symbols=ETHUSDT", "unknown-parameter"),  # the path names the symbol
     ):
         response = await http.get(f"{base}?{query}")
         assert response.status_code == 400, query
@@ -99,3 +100,5 @@ async def test_bad_rate_depth_and_unknown_parameters_are_400(
         assert response.json()["type"].endswith(kind), query
     response = await http.get(f"{live_stack.base_url}/sse?symbols=BTCUSDT&depht=3")
     assert response.status_code == 400 and "'depht'" in response.json()["detail"]
+    response = await http.get(f"{live_stack.base_url}/sse/BTCUSDT,ETHUSDT")
+    assert response.status_code == 400 and "/sse?symbols=A,B" in response.json()["detail"]

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_service.cursor import EARLIEST, Cursor, MalformedCursor, format_event_id, parse_cursor
-from edge_service.params import parse_symbols, parse_types
+from edge_service.params import KINDS, parse_symbols, parse_types
 from edge_service.problems import Problem
 
 FRAMING = set("\r\n\x00:")
@@ -45,4 +45,4 @@ def test_any_types_query_is_a_subset_or_a_400(raw: list[str] | None) -> None:
     except Problem as problem:
         assert problem.status == 400
         return
-    assert kinds and kinds <= {"trade", "quote"}
+    assert kinds and kinds <= set(KINDS)  # trade, quote, book, bar
