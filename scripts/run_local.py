@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,10 +20,28 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "binance" / "spot"
 
 
+def taken(ports: dict[str, str]) -> list[str]:
+    """The variables of ``ports`` whose port something on 127.0.0.1 already listens on (its
+    answers would pass for ours: a foreign edge's /readyz, say)."""
+    busy = []
+    for name, port in ports.items():
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+            try:
+                sock.bind(("127.0.0.1", int(port)))
+            except OSError:
+                busy.append(f"{name}={port}")
+    return busy
+
+
 def main() -> int:
     feed_port = os.environ.get("FEED_PORT", "50051")
     metrics_port = os.environ.setdefault("FEED_METRICS_PORT", "9464")
     edge_port = os.environ.get("EDGE_PORT", "8000")
+    ports = {"FEED_PORT": feed_port, "EDGE_PORT": edge_port, "FEED_METRICS_PORT": metrics_port}
+    if busy := taken(ports):
+        print(f"run_local: in use on 127.0.0.1: {', '.join(busy)}; choose other ports", flush=True)
+        return 1
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("EDGE_FEED_TARGET", f"127.0.0.1:{feed_port}")
     feed_args = ["--source", "replay", "--replay-path", str(DATA), "--speed", "1", "--loop"]
