@@ -149,7 +149,7 @@ class StreamRegistry:
         asyncio.get_running_loop().call_later(SHUTDOWN_GRACE_S, self._abort_all)
 
     def _farewell(self, stream: Stream, retry_ms: int) -> None:
-        stream.session.outbox.end("shutdown", "the edge is restarting; reconnect", retry_ms)
+        stream.session.outbox.end("shutdown", "the edge is shutting down; reconnect", retry_ms)
 
     def _abort_all(self) -> None:
         for stream in list(self._streams):
