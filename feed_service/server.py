@@ -244,11 +244,16 @@ class FeedServer:
         handle = self.liveness.source(source.name)
         await self._ready(f"source {source.name}, {len(infos)} symbols")
         metrics = self.metrics
-        async for batch in source.batches(handle):
-            result = await self._ingest_source_batch(batch, handle)
-            if result is not None:
-                metrics.ticks_published.inc(result.accepted)
-                metrics.head_offset.set(result.last_offset)
+        try:
+            async for batch in source.batches(handle):
+                result = await self._ingest_source_batch(batch, handle)
+                if result is not None:
+                    metrics.ticks_published.inc(result.accepted)
+                    metrics.head_offset.set(result.last_offset)
+        except Exception as error:  # a bug: stop loudly (a supervisor restarts the feed)
+            self.failure = f"the {source.name} source failed: {error!r}"
+            log.exception("%s; stopping", self.failure)
+            self.failed.set()
 
     async def _ingest_source_batch(
         self, batch: list[ingest_pb2.TickDraft], handle: SourceHandle
@@ -285,7 +290,7 @@ class FeedServer:
 
 async def serve(settings: FeedSettings) -> None:
     """Run a feed until SIGTERM or SIGINT, then drain. Raises ValueError (exit status 2, one
-    line) when its built-in source fails to load."""
+    line) when its built-in source fails to load or fails later."""
     feed = FeedServer(settings)
     await feed.start()
     stop = feed.failed

@@ -155,12 +155,14 @@ class ExchangeServer:
         lose: int = 0,
         rate: float = 0.0,
         snapshots: dict[str, dict[str, Any]] | None = None,
+        hang: frozenset[str] = frozenset(),
     ) -> None:
         self.messages = messages
         self.drop_every, self.drops, self.rewind, self.rate = drop_every, drops, rewind, rate
         self.lose = lose
         self.books = {symbol: Book.of(s) for symbol, s in (snapshots or {}).items()}
         self.snapshot_requests: list[str] = []
+        self.hang = hang  # symbols whose snapshot request is never answered
         self.port = 0
         self.connections = 0
         self.paths: list[str] = []
@@ -241,15 +243,18 @@ class ExchangeServer:
             self._ready.set()
             await self._stop.wait()
 
-    def _rest(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _rest(self, connection: ServerConnection, request: Request) -> Response | None:
         """``GET /api/v3/depth?symbol=S&limit=N``: the book's top N levels (404 for a symbol
-        without one); any other path goes on to the WebSocket handshake."""
+        without one; no answer for a minute for one in ``hang``); any other path goes on to the
+        WebSocket handshake."""
         parts = urlsplit(request.path)
         if parts.path != "/api/v3/depth":
             return None
         query = parse_qs(parts.query)
         symbol = query.get("symbol", [""])[0]
         self.snapshot_requests.append(symbol)
+        if symbol in self.hang:
+            await asyncio.sleep(60)
         book = self.books.get(symbol)
         if book is None:
             return connection.respond(HTTPStatus.NOT_FOUND, '{"msg": "Invalid symbol."}')

@@ -273,7 +273,6 @@ class BinanceSource:
         self._base_url, self._rest_url, self._depth = url, rest_url, depth
         self._on_book_gap = on_book_gap
         self._backoff = backoff or Backoff()
-        self._snapshot_backoff = Backoff(1.0, BACKOFF_CAP_S)
         self._stable_after = stable_after
         self.kinds = (*KINDS, DEPTH_STREAM) if depth else KINDS
         self.symbols: frozenset[str] = frozenset()
@@ -356,7 +355,7 @@ class BinanceSource:
             async def deliver(snapshot: Snapshot) -> None:
                 await queue.put((time.time_ns(), snapshot))
 
-            fetch = self.books.fetch(rest, snapshot_url(self._rest_url), deliver, self._pause)
+            fetch = self.books.fetch(rest, snapshot_url(self._rest_url), deliver)
             helpers.append(asyncio.create_task(fetch, name="binance-snapshots"))
             helpers[-1].add_done_callback(_report_crash)
         try:
@@ -395,7 +394,8 @@ class BinanceSource:
                 raise MessageError("a depth stream was not subscribed")
             # a diff is checked before its book takes it, published now or after a snapshot
             check_draft(0, diff_draft(tick) if isinstance(tick, DepthDiff) else tick.draft)
-        except (MessageError, InvalidDraft) as error:
+        except (MessageError, InvalidDraft, ValueError, ArithmeticError, RecursionError) as error:
+            # ValueError: a time outside protobuf's range, an unpaired surrogate (UnicodeError)
             self.malformed += 1
             level = logging.WARNING
             if self.malformed > WARN_FIRST and self.malformed % WARN_EVERY:
@@ -423,10 +423,3 @@ class BinanceSource:
             gap.describe(),
             " after the reconnect" if reconnected else "",
         )
-
-    def _pause(self, failed: bool) -> float:
-        """Seconds to wait after a snapshot fetch: backoff after a failure, else none."""
-        if not failed:
-            self._snapshot_backoff.reset()
-            return 0.0
-        return self._snapshot_backoff.next_delay()

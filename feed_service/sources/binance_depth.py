@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -33,11 +34,16 @@ from ..ingest import InvalidDraft, check_draft, make_draft
 from .depth import ChainBreak, DepthSync, Diff, book_update
 
 log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per snapshot request
 
 DEPTH_STREAM = "depth@100ms"
 SNAPSHOT_PATH = "/api/v3/depth"
 SNAPSHOT_TIMEOUT_S = 10.0
 REFRESH_S = 300.0
+IN_FLIGHT = 4  # snapshot requests at once
+WEIGHT_PER_MINUTE = 5_000
+"""The request weight snapshots may use a minute: Binance allows 6,000 an address, so some is
+left for anything else on it (a 1,000-level snapshot weighs 50: one every 0.6 s)."""
 MS_TO_NS = 1_000_000
 
 
@@ -63,13 +69,14 @@ class Snapshot:
     bids: Sequence[Sequence[str]] = ()
     asks: Sequence[Sequence[str]] = ()
     failure: str = ""
+    retry_after: float = 0.0  # seconds the venue asked to wait (429, 418)
 
 
 def integer(data: dict[str, object], key: str) -> int:
     """``data[key]`` as a non-negative integer; MessageError otherwise."""
     value = data.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise MessageError(f"{key!r} is {value!r}, not a non-negative integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise MessageError(f"{str(value)[:40]!r} in {key!r} is not an integer 0 to 2**63 - 1")
     return value
 
 
@@ -127,7 +134,10 @@ class DepthBooks:
         self.limit, self.refresh_s, self._on_gap = limit, refresh_s, on_gap
         self._wanted: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()  # wanted or being fetched
-        self._failing: dict[str, str] = {}  # why a symbol's last snapshot failed
+        self._said: dict[str, str] = {}  # why a symbol's last snapshot failed, as logged
+        self._failures: dict[str, int] = {}  # failed fetches of a symbol in a row
+        self.spacing_s = request_weight(limit) * 60 / WEIGHT_PER_MINUTE
+        self._paused_until = 0.0  # loop time before which no fetch starts (Retry-After)
         self._reconnected: set[str] = set()  # no diff yet since the connection was made again
 
     def restart(self) -> None:
@@ -157,12 +167,13 @@ class DepthBooks:
         return [book_draft(message.symbol, message.event_ns, update) for update in updates]
 
     def on_snapshot(self, snapshot: Snapshot, receive_ns: int) -> list[ingest_pb2.TickDraft]:
-        """The ticks a fetched snapshot makes: itself and the buffered diffs after it."""
+        """The ticks a fetched snapshot makes: itself and the buffered diffs after it; none for
+        one older than the buffered diffs (another is wanted, as Binance's rules say)."""
         self._pending.discard(snapshot.symbol)
-        if snapshot.failure:
-            return []
         sync = self.syncs[snapshot.symbol]
         updates = sync.on_snapshot(snapshot.last_update_id, snapshot.bids, snapshot.asks)
+        if sync.stale_snapshot:
+            self.want(snapshot.symbol)
         if sync.last_break is not None:
             self._on_gap(snapshot.symbol, sync.last_break, False)
         return [book_draft(snapshot.symbol, receive_ns, update) for update in updates]
@@ -172,52 +183,102 @@ class DepthBooks:
         client: httpx.AsyncClient,
         url: str,
         deliver: Callable[[Snapshot], Awaitable[None]],
-        backoff: Callable[[bool], float],
     ) -> None:
-        """Fetch wanted snapshots one at a time, forever, handing each to ``deliver``; every
-        ``refresh_s`` the synced books are wanted again. ``backoff(failed)`` is the pause
-        after a fetch (0 after a success)."""
-        clock = asyncio.get_running_loop().time
-        refresh_at = clock() + self.refresh_s
-        while True:
-            symbol = None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, refresh_at - clock())):
-                    symbol = await self._wanted.get()
-            if symbol is None:
-                for name, sync in self.syncs.items():
-                    if sync.synced:
-                        self.want(name)
-                refresh_at = clock() + self.refresh_s
-                continue
+        """Fetch wanted snapshots, forever, starting at most one every ``spacing_s`` (Binance's
+        request weight) and ``IN_FLIGHT`` at once, handing each to ``deliver``; every
+        ``refresh_s`` the synced books are wanted again. A symbol whose fetch failed is fetched
+        again after its own backoff, still pending (its diffs do not ask sooner); a slow or
+        failing symbol holds one slot, not the others. A ``Retry-After`` pauses every fetch."""
+        loop = asyncio.get_running_loop()
+        refresh_at, wanted = loop.time() + self.refresh_s, self._wanted
+        slots = asyncio.Semaphore(IN_FLIGHT)
+        async with asyncio.TaskGroup() as fetches:
+            while True:
+                symbol = None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, refresh_at - loop.time())):
+                        symbol = await wanted.get()
+                if symbol is None:
+                    for name, sync in self.syncs.items():
+                        if sync.synced:
+                            self.want(name)
+                    refresh_at = loop.time() + self.refresh_s
+                    continue
+                await slots.acquire()
+                fetches.create_task(self._fetch_one(client, url, symbol, deliver, slots))
+                await asyncio.sleep(max(self.spacing_s, self._paused_until - loop.time()))
+
+    async def _fetch_one(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        symbol: str,
+        deliver: Callable[[Snapshot], Awaitable[None]],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        loop, wanted = asyncio.get_running_loop(), self._wanted
+        try:
             snapshot = await self._get(client, url, symbol)
+        finally:
+            slots.release()
+        if snapshot.failure:
+            failures = self._failures[symbol] = self._failures.get(symbol, 0) + 1
+            delay = max(snapshot.retry_after, retry_delay(failures))
+            loop.call_later(delay, wanted.put_nowait, symbol)
+            self._paused_until = max(self._paused_until, loop.time() + snapshot.retry_after)
+        else:
+            self._failures.pop(symbol, None)
             await deliver(snapshot)
-            await asyncio.sleep(backoff(bool(snapshot.failure)))
 
     async def _get(self, client: httpx.AsyncClient, url: str, symbol: str) -> Snapshot:
-        params = {"symbol": symbol, "limit": self.limit}
+        """One snapshot, checked like any draft; a Snapshot with ``failure`` for anything
+        wrong (no reply within SNAPSHOT_TIMEOUT_S in all, an HTTP error, a malformed body)."""
+        params, retry_after = {"symbol": symbol, "limit": self.limit}, 0.0
         try:
-            reply = await client.get(url, params=params, timeout=SNAPSHOT_TIMEOUT_S)
-            reply.raise_for_status()
+            async with asyncio.timeout(SNAPSHOT_TIMEOUT_S):  # in all: a dripping reply too
+                reply = await client.get(url, params=params)
+            if reply.status_code != httpx.codes.OK:
+                retry_after = retry_after_s(reply)
+                raise MessageError(f"HTTP {reply.status_code} {reply.reason_phrase}")
             snapshot = parse_snapshot(symbol, reply.json())
-            whole = book_update(snapshot.bids, snapshot.asks, 0, 0, snapshot=True)
+            last = snapshot.last_update_id
+            whole = book_update(snapshot.bids, snapshot.asks, last, last, snapshot=True)
             check_draft(0, book_draft(symbol, 0, whole))  # a crossed book, a bad decimal
-            self._failing.pop(symbol, None)
+            self._said.pop(symbol, None)
             return snapshot
-        except (httpx.HTTPError, ValueError, InvalidDraft) as error:  # ValueError: bad JSON
-            why = str(error)[:200] or type(error).__name__
-        except Exception as error:  # anything else must not stop the books either: retried
-            log.exception("binance: %s depth snapshot failed unexpectedly", symbol)
-            why = repr(error)[:200]
-        said = self._failing.get(symbol) == why  # said once per symbol and cause, not per retry
-        log.log(
-            logging.DEBUG if said else logging.WARNING,
-            "binance: %s depth snapshot failed: %s",
-            symbol,
-            why,
-        )
-        self._failing[symbol] = why
-        return Snapshot(symbol, failure=why)
+        except TimeoutError:
+            why = f"no reply within {SNAPSHOT_TIMEOUT_S:.0f} s"
+        except InvalidDraft as error:
+            why = str(error).split("; the batch")[0]
+        except Exception as error:  # any at all: a failed snapshot is retried, never fatal
+            why = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        said = self._said.get(symbol) == why  # said once per symbol and cause, not per retry
+        level = logging.DEBUG if said else logging.WARNING
+        log.log(level, "binance: %s depth snapshot failed: %s; retried", symbol, why)
+        self._said[symbol] = why
+        return Snapshot(symbol, failure=why, retry_after=retry_after)
+
+
+def request_weight(limit: int) -> int:
+    """Binance's request weight of a depth snapshot of ``limit`` levels a side."""
+    return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before fetching a symbol again after its ``failures``-th failure in a row:
+    1 s doubling to 30 s, drawn between half and all of it."""
+    ceiling = min(30.0, 2.0 ** (min(failures, 16) - 1))
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+def retry_after_s(reply: httpx.Response) -> float:
+    """A 429 or 418 reply's ``Retry-After`` in seconds (at most an hour), else 0."""
+    if reply.status_code not in (429, 418):
+        return 0.0
+    try:
+        return min(3600.0, max(0.0, float(reply.headers.get("Retry-After", "0"))))
+    except ValueError:
+        return 0.0
 
 
 def book_draft(symbol: str, event_ns: int, update: tick_pb2.BookUpdate) -> ingest_pb2.TickDraft:

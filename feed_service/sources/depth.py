@@ -71,7 +71,8 @@ def book_update(
 
 class DepthSync:
     """One symbol's snapshot-and-diff chain. Feed it messages in arrival order; each call
-    returns what to publish (possibly nothing) and, on a break, :attr:`last_break`."""
+    returns what to publish (possibly nothing) and, on a break, :attr:`last_break`; after a
+    snapshot too old for the buffered diffs, :attr:`stale_snapshot` (fetch another)."""
 
     def __init__(self) -> None:
         self.synced = False
@@ -79,25 +80,38 @@ class DepthSync:
         self._first_after_snapshot = False
         self._pending: deque[Diff] = deque(maxlen=PENDING_LIMIT)
         self.last_break: ChainBreak | None = None
+        self.stale_snapshot = False
 
     def on_snapshot(
         self, last_update_id: int, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]
     ) -> list[tick_pb2.BookUpdate]:
         """A REST snapshot: publish it and the buffered diffs it does not cover. A snapshot
         older than the synced book is ignored; one at its very update id is published again
-        (a refresh: the whole book as it stands)."""
-        self.last_break = None
+        (a refresh: the whole book as it stands). One older than the first buffered diff it
+        does not cover is not published either (rule 3 could not hold): ``stale_snapshot``."""
+        self.last_break, self.stale_snapshot = None, False
         if self.synced and last_update_id < self.last_id:
+            return []
+        if not self.synced and self._too_old(last_update_id):
+            self.stale_snapshot = True
             return []
         self.synced, self.last_id = True, last_update_id
         self._first_after_snapshot = True
         out = [book_update(bids, asks, last_update_id, last_update_id, snapshot=True)]
         pending, self._pending = list(self._pending), deque(maxlen=PENDING_LIMIT)
-        for diff in pending:
+        for index, diff in enumerate(pending):
             out.extend(self.on_diff(diff))
-            if not self.synced:
+            if not self.synced:  # a break among them: the later ones wait for the next snapshot
+                self._pending.extend(pending[index + 1 :])
                 break
         return out
+
+    def _too_old(self, last_update_id: int) -> bool:
+        """Whether the first buffered diff after ``last_update_id`` starts past it + 1."""
+        after = next((d for d in self._pending if d.last > last_update_id), None)
+        if after is None or after.previous == last_update_id:
+            return False
+        return after.first > last_update_id + 1
 
     def on_diff(self, diff: Diff) -> list[tick_pb2.BookUpdate]:
         """A diff: published when it continues the chain; buffered until a snapshot when not

@@ -318,7 +318,9 @@ async def test_lost_depth_diffs_break_the_book_and_a_new_snapshot_mends_it() -> 
     book, level for level."""
     messages = recorded_messages([BTC_FILE, ETH_FILE], 8_000)
     snapshots = recorded_snapshots([BTC_FILE, ETH_FILE])
-    exchange = ExchangeServer(messages, drop_every=3_000, drops=1, lose=1_000, snapshots=snapshots)
+    exchange = ExchangeServer(
+        messages, drop_every=3_000, drops=1, lose=1_000, snapshots=snapshots, rate=3_000
+    )
     gaps: list[None] = []
     with exchange:
         source = BinanceSource(
@@ -328,6 +330,9 @@ async def test_lost_depth_diffs_break_the_book_and_a_new_snapshot_mends_it() -> 
             on_book_gap=lambda: gaps.append(None),
             backoff=Backoff(0.05),
         )
+        await source.load()
+        assert source.books is not None
+        source.books.spacing_s = 0.05  # both books in sync well before the drop (after 1 s)
         books = await collect_books(source, lambda: exchange.wait_finished(0))
     assert len(gaps) == source.book_gaps == 2, "one break a symbol"
     assert sorted(exchange.snapshot_requests) == sorted(2 * SYMBOLS)
@@ -335,23 +340,25 @@ async def test_lost_depth_diffs_break_the_book_and_a_new_snapshot_mends_it() -> 
     check_books(books, exchange)
 
 
-@pytest.mark.parametrize("eth", ["missing", "crossed"])
+@pytest.mark.parametrize("eth", ["missing", "crossed", "hanging"])
 async def test_a_failing_snapshot_is_retried_and_other_symbols_go_on(eth: str) -> None:
-    """The exchange has no book for ETHUSDT (404), or a crossed one (best bid above best ask,
-    which the ingest path would refuse): its snapshot is asked for again with backoff and no
-    ETHUSDT book is published; BTCUSDT's book is whole."""
+    """The exchange has no book for ETHUSDT (404), a crossed one (best bid above best ask,
+    which the ingest path would refuse), or never answers: its snapshot is asked for again
+    with backoff and no ETHUSDT book is published; BTCUSDT's book is whole, not held back."""
     messages = recorded_messages([BTC_FILE, ETH_FILE], 8_000)
     snapshots = recorded_snapshots([BTC_FILE, ETH_FILE])
     if eth == "missing":
         del snapshots["ETHUSDT"]
-    else:
+    elif eth == "crossed":
         snapshots["ETHUSDT"]["bids"][0][0] = "999999.00000000"
-    exchange = ExchangeServer(messages, snapshots=snapshots, rate=4_000)
+    hang = frozenset({"ETHUSDT"} if eth == "hanging" else ())
+    exchange = ExchangeServer(messages, snapshots=snapshots, rate=4_000, hang=hang)
     with exchange:
         source = BinanceSource(list(SYMBOLS), exchange.url, rest_url=exchange.rest_url)
         books = await collect_books(source, lambda: exchange.wait_finished(0))
-    eth = exchange.snapshot_requests.count("ETHUSDT")
-    assert 2 <= eth <= 10, "retried with backoff (1 s doubling), not in a loop"
+    asked = exchange.snapshot_requests.count("ETHUSDT")
+    least = 1 if eth == "hanging" else 2  # a hanging request fails after 10 s
+    assert least <= asked <= 10, "retried with backoff (1 s doubling), not in a loop"
     check_books(books, exchange, ["BTCUSDT"])
     assert source.book_gaps == 0 and source.malformed == 0
 
@@ -367,7 +374,7 @@ async def test_books_are_snapshotted_again_while_they_change() -> None:
         source = BinanceSource(list(SYMBOLS), exchange.url, rest_url=exchange.rest_url)
         await source.load()
         assert source.books is not None
-        source.books.refresh_s = 0.5
+        source.books.refresh_s, source.books.spacing_s = 0.5, 0.05
         books = await collect_books(source, lambda: exchange.wait_finished(0))
     for symbol in SYMBOLS:
         ids = [u.last_update_id for s, u in books if s == symbol and u.snapshot]

@@ -188,3 +188,22 @@ def test_backoff_doubles_to_the_cap_with_equal_jitter_and_resets() -> None:
     delays = [real.next_delay() for _ in range(200)]
     assert all(0.25 <= d <= 30 for d in delays)
     assert len(set(itertools.islice(delays, 10, None))) > 1, "jittered, not in step"
+
+
+def test_odd_values_are_skipped_like_any_malformed_message() -> None:
+    """Values JSON allows but a tick cannot hold (a time past protobuf's range, an id past 64
+    bits, an unpaired surrogate, nesting deeper than the parser goes) are skipped and
+    counted: they never end the source."""
+    source = BinanceSource(["BTCUSDT"], "ws://127.0.0.1:9")
+    source.symbols = frozenset({"BTCUSDT"})
+    odd = [
+        framed("btcusdt@trade", {**TRADE, "T": 99_999_999_999_999_999}),
+        framed("btcusdt@trade", {**TRADE, "t": 2**64}),
+        framed("btcusdt@trade", {**TRADE, "p": "\ud800"}),
+        framed("btcusdt@bookTicker", {**QUOTE, "u": 2**70}),
+        "[" * 100_000 + "]" * 100_000,
+    ]
+    for raw in odd:
+        assert source.accept(raw, 1) == [], raw[:80]
+    assert source.malformed == len(odd)
+    assert source.accept(framed("btcusdt@trade", TRADE), 1) != []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from feed_service.sources.binance import BinanceSource
@@ -15,6 +16,9 @@ from feed_service.sources.binance_depth import (
     Snapshot,
     parse_diff,
     parse_snapshot,
+    request_weight,
+    retry_after_s,
+    retry_delay,
 )
 from feed_service.sources.depth import ChainBreak, Diff
 
@@ -81,7 +85,8 @@ async def test_a_gap_is_reported_once_and_wants_a_new_snapshot() -> None:
     assert len(gaps) == 1 and gaps[0][1].after == 2 and gaps[0][1].first == 9
     assert gaps[0][2], "the first diff after a reconnect"
     assert books._wanted.qsize() == 1
-    assert books.on_snapshot(Snapshot("BTCUSDT", failure="HTTP 503"), 1) == []
+    assert books.on_snapshot(Snapshot("BTCUSDT", 5), 1) == [], "older than the buffered diffs"
+    assert len(gaps) == 1 and books._wanted.qsize() == 2, "not a gap: wanted again"
     assert [d.dedup_id for d in books.on_snapshot(Snapshot("BTCUSDT", 10), 1)] == ["s:10", "d:12"]
     books.on_diff(diff(20, 21))
     assert len(gaps) == 2 and not gaps[1][2], "a break mid-connection"
@@ -108,3 +113,18 @@ def test_without_books_a_depth_message_is_unexpected() -> None:
     message = json.dumps({"stream": "btcusdt@depth@100ms", "data": {**DIFF, **LEVELS}})
     assert source.accept(message, 1) == [] and source.malformed == 1
     assert "depth@100ms" not in source.kinds
+
+
+def test_snapshots_are_paced_by_request_weight_and_retries_back_off() -> None:
+    assert [request_weight(n) for n in (5, 100, 500, 1000, 5000)] == [5, 5, 25, 50, 250]
+    books, _ = books_and_gaps()
+    assert books.spacing_s == 0.6, "1,000 levels: 50 of 5,000 a minute"
+    assert 0.5 <= retry_delay(1) <= 1.0 and 15.0 <= retry_delay(40) <= 30.0
+    assert retry_after_s(httpx.Response(429, headers={"Retry-After": "7"})) == 7.0
+    assert retry_after_s(httpx.Response(418, headers={"Retry-After": "x"})) == 0.0
+    assert retry_after_s(httpx.Response(503, headers={"Retry-After": "7"})) == 0.0
+
+
+def test_ids_beyond_what_a_tick_can_hold_are_message_errors() -> None:
+    with pytest.raises(MessageError):
+        parse_diff("BTCUSDT", {**DIFF, "u": 2**64, **LEVELS})

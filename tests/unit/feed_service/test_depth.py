@@ -58,3 +58,22 @@ def test_futures_diffs_chain_by_previous_id() -> None:
     assert ids(sync.on_diff(diff(25, 30, previous=20))) == [(25, 30, False)]
     assert sync.on_diff(diff(35, 40, previous=31)) == []
     assert sync.last_break is not None
+
+
+def test_a_break_among_buffered_diffs_keeps_the_later_ones_for_the_next_snapshot() -> None:
+    sync = DepthSync()
+    for first, last in ((11, 20), (25, 30), (31, 40)):
+        sync.on_diff(diff(first, last))
+    assert ids(sync.on_snapshot(15, [], [])) == [(15, 15, True), (11, 20, False)]
+    assert sync.last_break is not None and not sync.synced
+    out = sync.on_snapshot(27, [], [])
+    assert ids(out) == [(27, 27, True), (25, 30, False), (31, 40, False)]
+
+
+def test_a_snapshot_older_than_the_buffered_diffs_is_not_published() -> None:
+    sync = DepthSync()
+    sync.on_diff(diff(11, 20))
+    assert sync.on_snapshot(5, [], []) == [] and sync.stale_snapshot and not sync.synced
+    assert sync.last_break is None, "not a gap: fetch another"
+    assert ids(sync.on_snapshot(12, [], [])) == [(12, 12, True), (11, 20, False)]
+    assert not sync.stale_snapshot
