@@ -224,6 +224,20 @@ Received = tuple[int, str | bytes] | tuple[int, Snapshot] | Exception
 Unix epoch), or the ConnectionLost that ends the session."""
 
 
+def _warn_if_apart(stream_url: str, rest_url: str) -> None:
+    """Warn when the stream is on this machine (a local stand-in) but book snapshots would be
+    asked of another host: a forgotten --binance-rest-url."""
+    local = ("127.0.0.1", "::1", "localhost")
+    stream_host, rest_host = urlsplit(stream_url).hostname, urlsplit(rest_url).hostname
+    if stream_host in local and rest_host not in local:
+        log.warning(
+            "binance: the stream is local (%s) but book snapshots come from %s; "
+            "set --binance-rest-url, or --binance-depth 0 for no books",
+            stream_url,
+            rest_url,
+        )
+
+
 def _report_crash(task: asyncio.Task[None]) -> None:
     """Log a helper task that ended by an error (not by cancellation): never silently."""
     if not task.cancelled() and task.exception() is not None:
@@ -289,6 +303,7 @@ class BinanceSource:
         self.symbols = frozenset(symbols)
         if self._depth:
             self.books = DepthBooks(symbols, self._depth, self._book_gap)
+            _warn_if_apart(self._base_url, self._rest_url)
         log.info("binance: %d symbols from %s", len(symbols), self._base_url)
         return [
             feed_pb2.SymbolInfo(

@@ -156,7 +156,7 @@ class SubscribeRequest(_message.Message):
 
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_tick_pb2.TickType.ValueType]:
-        """Tick types to deliver; empty means all."""
+        """Tick types to deliver; empty means trades and quotes (books and bars only when named)."""
 
     @_builtins.property
     def after(self) -> Global___StreamPosition:
