@@ -54,7 +54,12 @@ def bind_socket(settings: EdgeSettings) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
     if settings.workers > 1:  # every worker binds this port; the kernel spreads connections
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((settings.host, settings.port))
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as error:  # the one line said at exit names the address
+        sock.close()
+        where = f"{settings.host}:{settings.port}"
+        raise OSError(error.errno, f"cannot listen on {where}: {error.strerror}") from None
     return sock
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,21 @@ def test_a_feed_whose_recording_is_missing_exits_2_with_one_line(tmp_path: Path)
         assert result.returncode == 2, result.stderr
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("feed_service: invalid configuration: the replay source failed")
+
+
+def test_an_edge_whose_port_is_taken_exits_1_naming_the_address() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_service", "--port", str(port)],
+            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"edge_service: [Errno 98] cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
 
 
 def _empty_recording(tmp_path: Path) -> Path:
