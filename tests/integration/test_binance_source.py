@@ -289,9 +289,17 @@ async def test_unreachable_endpoint_is_retried_with_growing_delays() -> None:
 BookUpdates = list[tuple[str, tick_pb2.BookUpdate]]
 
 
-async def collect_books(source: BinanceSource, until: Callable[[], bool]) -> BookUpdates:
-    """Run ``source`` in process until ``until()`` holds (20 s at most); its book updates."""
+async def collect_books(
+    source: BinanceSource, exchange: ExchangeServer, symbols: Iterable[str] = SYMBOLS
+) -> BookUpdates:
+    """Run ``source`` in process until the exchange has sent everything and the books of
+    ``symbols`` have reached its books' last update ids (30 s at most); its book updates."""
     books: BookUpdates = []
+
+    def settled() -> bool:
+        last = {symbol: update.last_update_id for symbol, update in books}
+        wanted = {symbol: exchange.books[symbol].last_id for symbol in symbols}
+        return exchange.wait_finished(0) and all(last.get(s) == i for s, i in wanted.items())
 
     async def consume() -> None:
         async for batch in source.batches(RecordingHandle()):
@@ -301,9 +309,9 @@ async def collect_books(source: BinanceSource, until: Callable[[], bool]) -> Boo
         await source.load()
     task = asyncio.create_task(consume())
     try:
-        async with asyncio.timeout(20):
-            await wait_until(until)
-            await asyncio.sleep(0.3)  # what was in flight arrives
+        async with asyncio.timeout(30):
+            await wait_until(settled)
+        await asyncio.sleep(0.2)  # a repeat would arrive now
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -333,7 +341,7 @@ async def test_lost_depth_diffs_break_the_book_and_a_new_snapshot_mends_it() -> 
         await source.load()
         assert source.books is not None
         source.books.spacing_s = 0.05  # both books in sync well before the drop (after 1 s)
-        books = await collect_books(source, lambda: exchange.wait_finished(0))
+        books = await collect_books(source, exchange)
     assert len(gaps) == source.book_gaps == 2, "one break a symbol"
     assert sorted(exchange.snapshot_requests) == sorted(2 * SYMBOLS)
     assert sum(update.snapshot for _, update in books) == 4
@@ -355,7 +363,7 @@ async def test_a_failing_snapshot_is_retried_and_other_symbols_go_on(eth: str) -
     exchange = ExchangeServer(messages, snapshots=snapshots, rate=4_000, hang=hang)
     with exchange:
         source = BinanceSource(list(SYMBOLS), exchange.url, rest_url=exchange.rest_url)
-        books = await collect_books(source, lambda: exchange.wait_finished(0))
+        books = await collect_books(source, exchange, ["BTCUSDT"])
     asked = exchange.snapshot_requests.count("ETHUSDT")
     least = 1 if eth == "hanging" else 2  # a hanging request fails after 10 s
     assert least <= asked <= 10, "retried with backoff (1 s doubling), not in a loop"
@@ -375,7 +383,7 @@ async def test_books_are_snapshotted_again_while_they_change() -> None:
         await source.load()
         assert source.books is not None
         source.books.refresh_s, source.books.spacing_s = 0.5, 0.05
-        books = await collect_books(source, lambda: exchange.wait_finished(0))
+        books = await collect_books(source, exchange)
     for symbol in SYMBOLS:
         ids = [u.last_update_id for s, u in books if s == symbol and u.snapshot]
         assert len(set(ids)) >= 3 and ids == sorted(ids), (symbol, ids)  # never back in time
