@@ -20,6 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "binance" / "spot"
 
 
+def is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
+
+
 def taken(ports: dict[str, str]) -> list[str]:
     """The variables of ``ports`` whose port something on 127.0.0.1 already listens on (its
     answers would pass for ours: a foreign edge's /readyz, say)."""
@@ -39,6 +43,9 @@ def main() -> int:
     metrics_port = os.environ.setdefault("FEED_METRICS_PORT", "9464")
     edge_port = os.environ.get("EDGE_PORT", "8000")
     ports = {"FEED_PORT": feed_port, "EDGE_PORT": edge_port, "FEED_METRICS_PORT": metrics_port}
+    if bad := [f"{name}={port!r}" for name, port in ports.items() if not is_port(port)]:
+        print(f"run_local: not a port (1 to 65535): {', '.join(bad)}", flush=True)
+        return 2
     if busy := taken(ports):
         print(f"run_local: in use on 127.0.0.1: {', '.join(busy)}; choose other ports", flush=True)
         return 1
