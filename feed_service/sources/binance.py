@@ -39,6 +39,7 @@ from ..ingest import InvalidDraft, check_draft, make_draft
 from ..liveness import SourceHandle
 from .binance_depth import (
     DEPTH_STREAM,
+    MS_TO_NS,
     DepthBooks,
     DepthDiff,
     MessageError,
@@ -61,7 +62,6 @@ BINANCE_SYMBOL = re.compile(r"[A-Z0-9]{1,32}")
 MAX_STREAMS = 1024  # Binance's limit per connection: two or three streams a symbol
 REST_URL = "https://api.binance.com"
 DEPTH = 1000  # levels a side in a book snapshot
-MS_TO_NS = 1_000_000
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0

@@ -6,13 +6,13 @@ update ids ``U``..``u``. A snapshot is ``GET <rest>/api/v3/depth?symbol=<SYM>&li
 Binance's rules ("How to manage a local order book correctly"); this module decides when to ask
 for a snapshot and makes the ticks:
 
-- a symbol's first diff buffers and asks for a snapshot (so the snapshot is never older than
-  the buffered diffs' start, as the rules want); so does the first diff after a chain break
-  (a lost update: a reconnect, or the venue skipping), which is also reported once;
+- a symbol's first diff buffers and asks for a snapshot; so does the first diff after a chain
+  break (a lost update: a reconnect, or the venue skipping), which is also reported once; a
+  snapshot older than the buffered diffs is not published and another is asked for;
 - every ``REFRESH_S`` each synced book is asked for again: a replica that joins a JetStream
   backbone later serves books from the last snapshot in the stream, so one is always recent;
-- snapshots are fetched one at a time, with backoff after a failure: Binance weighs a
-  1,000-level snapshot 50 of the 6,000 a minute one address may use.
+- snapshots are paced by Binance's request weight (``WEIGHT_PER_MINUTE``), ``IN_FLIGHT`` at
+  once, each symbol retried on its own backoff after a failure.
 
 A snapshot's tick has the dedup id ``s:<lastUpdateId>``, a diff's ``d:<u>``, so a refresh of an
 unchanged book, or a diff resent after a reconnect, is not stored twice.
